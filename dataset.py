@@ -1,0 +1,380 @@
+"""LMDB datasets (clovaai layout), mask pairing, joint augmentation, collation and samplers.
+
+An image LMDB holds ``num-samples`` and 1-based ``image-%09d`` / ``label-%09d`` keys (SPEC §1.1);
+a mask LMDB holds ``mask-%09d`` PNGs with values {0, 1} under the same index (SPEC §1.4).
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import lmdb
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+
+from mask_create.kmeans import text_mask_from_pil
+from utils import IMAGENET_MEAN, IMAGENET_STD, Tokenizer
+
+IMAGE_KEY = "image-%09d"
+LABEL_KEY = "label-%09d"
+MASK_KEY = "mask-%09d"
+NUM_SAMPLES_KEY = b"num-samples"
+
+
+def is_lmdb_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a directory holding an LMDB ``data.mdb``."""
+    return (Path(path) / "data.mdb").is_file()
+
+
+def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
+    """Open an LMDB read-only with the settings of SPEC §1.1; a clear error when it is not one."""
+    if not is_lmdb_dir(path):
+        raise FileNotFoundError(f"{path}: not an LMDB directory (no data.mdb inside)")
+    return lmdb.open(str(path), max_readers=32, readonly=True, lock=False, readahead=False, meminit=False)
+
+
+def read_num_samples(env: lmdb.Environment, path: str | os.PathLike) -> int:
+    """The ``num-samples`` entry of an image LMDB, with an error naming ``path`` if absent or bad."""
+    with env.begin(write=False) as txn:
+        raw = txn.get(NUM_SAMPLES_KEY)
+    if raw is None:
+        raise ValueError(f"{path}: LMDB has no 'num-samples' key")
+    try:
+        return int(raw.decode())
+    except ValueError as error:
+        raise ValueError(f"{path}: 'num-samples' is not an integer: {raw!r}") from error
+
+
+def find_lmdb_leaves(root: str | os.PathLike) -> list[Path]:
+    """Every LMDB directory at or below ``root``, sorted (a 'leaf' dataset of SPEC §1.1)."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: data path does not exist")
+    leaves = [Path(d) for d, _, files in os.walk(root, followlinks=True) if "data.mdb" in files]
+    if not leaves:
+        raise FileNotFoundError(f"{root}: no LMDB (directory with data.mdb) found at or below it")
+    return sorted(leaves)
+
+
+class LmdbWriter:
+    """Write an LMDB in the clovaai layout, committing in chunks; ``num-samples`` is written on close.
+
+    Used by the synthetic generator, ``tools/create_lmdb_dataset.py`` and the mask generator.
+    """
+
+    def __init__(self, path: str | os.PathLike, map_size: int = 1 << 40, commit_every: int = 1000):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
+        self.env = lmdb.open(str(path), map_size=map_size)
+        self.commit_every = commit_every
+        self._cache: dict[bytes, bytes] = {}
+        self.num_samples = 0
+
+    def put(self, key: str, value: bytes) -> None:
+        self._cache[key.encode()] = value
+        if len(self._cache) >= self.commit_every:
+            self.flush()
+
+    def add_sample(self, image_bytes: bytes, label: str) -> int:
+        """Append one image/label pair under the next 1-based index and return that index."""
+        self.num_samples += 1
+        self.put(IMAGE_KEY % self.num_samples, image_bytes)
+        self.put(LABEL_KEY % self.num_samples, label.encode("utf-8"))
+        return self.num_samples
+
+    def put_items(self, items: Iterable[tuple[str, bytes]]) -> None:
+        for key, value in items:
+            self.put(key, value)
+
+    def flush(self) -> None:
+        if self._cache:
+            with self.env.begin(write=True) as txn:
+                for key, value in self._cache.items():
+                    txn.put(key, value)
+            self._cache.clear()
+
+    def close(self, num_samples: int | None = None) -> None:
+        """Flush and write ``num-samples`` (the count of added samples unless given)."""
+        count = self.num_samples if num_samples is None else num_samples
+        self.put(NUM_SAMPLES_KEY.decode(), str(count).encode())
+        self.flush()
+        self.env.close()
+
+    def __enter__(self) -> "LmdbWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def encode_png(array) -> bytes:
+    """PNG bytes of a 2-D uint8 array (used for {0,1} masks) or an HxWx3 RGB array."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """A collated batch: images [B, 3, H, W] (normalised), masks [B, 1, H, W] or None, labels,
+    and the samples skipped while building it as (lmdb path, index, reason)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    labels: list[str]
+    skipped: list[tuple[str, int, str]]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # uint8 [H, W, 3], already resized
+    mask: np.ndarray | None  # float32 [H, W]
+    label: str
+
+
+@dataclass
+class Skipped:
+    path: str
+    index: int
+    reason: str
+
+
+class LmdbDataset(Dataset):
+    """One leaf LMDB. ``mode='train'`` filters raw labels longer than N_max (SPEC §1.2) and may
+    augment; ``mode='test'`` keeps everything and never computes masks (SPEC §1.8).
+
+    A sample whose image, label or mask cannot be decoded comes back as :class:`Skipped`, which the
+    collate function drops and reports; nothing is replaced by a dummy.
+    """
+
+    def __init__(self, path: str | os.PathLike, tokenizer: Tokenizer, img_size: tuple[int, int], mode: str = "test",
+                 need_masks: bool = False, mask_path: str | os.PathLike | None = None,
+                 augmenter: Callable | None = None, kmeans_seed: int | None = None):
+        if mode not in ("train", "test"):
+            raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+        self.path = str(path)
+        self.tokenizer = tokenizer
+        self.img_h, self.img_w = img_size
+        self.mode = mode
+        self.need_masks = need_masks and mode == "train"
+        self.augmenter = augmenter if mode == "train" else None
+        self.kmeans_seed = kmeans_seed
+        self.mask_path = str(mask_path) if mask_path is not None and self.need_masks else None
+        if self.mask_path is not None and not is_lmdb_dir(self.mask_path):
+            warnings.warn(f"{self.path}: mask LMDB {self.mask_path} not found; computing K-means masks on the fly")
+            self.mask_path = None
+        self._env = None
+        self._mask_env = None
+        self._rng: np.random.Generator | None = None
+        env = open_lmdb(self.path)
+        try:
+            total = read_num_samples(env, self.path)
+            self.indices, self.scan_skipped = self._scan(env, total)
+        finally:
+            env.close()
+
+    def _scan(self, env: lmdb.Environment, total: int) -> tuple[np.ndarray, list[Skipped]]:
+        """Indices kept (1-based); train mode drops raw labels longer than N_max and undecodable labels."""
+        if self.mode == "test":
+            return np.arange(1, total + 1, dtype=np.int64), []
+        kept, skipped = [], []
+        limit = self.tokenizer.max_label_length
+        with env.begin(write=False) as txn:
+            for index in range(1, total + 1):
+                raw = txn.get((LABEL_KEY % index).encode())
+                if raw is None:
+                    skipped.append(Skipped(self.path, index, "missing label"))
+                    continue
+                try:
+                    label = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    skipped.append(Skipped(self.path, index, "label is not UTF-8"))
+                    continue
+                if len(label) <= limit:
+                    kept.append(index)
+        return np.asarray(kept, dtype=np.int64), skipped
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_env"] = state["_mask_env"] = None  # LMDB handles are reopened in each worker
+        return state
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """Per-process generator derived from torch's seed (distinct in every DataLoader worker)."""
+        if self._rng is None:
+            self._rng = np.random.default_rng(torch.initial_seed())
+        return self._rng
+
+    def _read(self, env_attr: str, path: str, key: str) -> bytes | None:
+        env = getattr(self, env_attr)
+        if env is None:
+            env = open_lmdb(path)
+            setattr(self, env_attr, env)
+        with env.begin(write=False) as txn:
+            return txn.get(key.encode())
+
+    def __getitem__(self, item: int) -> Sample | Skipped:
+        index = int(self.indices[item])
+        label_bytes = self._read("_env", self.path, LABEL_KEY % index)
+        image_bytes = self._read("_env", self.path, IMAGE_KEY % index)
+        if label_bytes is None or image_bytes is None:
+            return Skipped(self.path, index, "missing image or label key")
+        try:
+            label = label_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            return Skipped(self.path, index, "label is not UTF-8")
+        try:
+            image = Image.open(io.BytesIO(image_bytes))
+            image = image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            return Skipped(self.path, index, f"undecodable image ({error.__class__.__name__})")
+        mask = None
+        if self.need_masks:
+            mask = self._load_mask(index, image)
+            if isinstance(mask, Skipped):
+                return mask
+        if self.augmenter is not None:
+            image, mask = self.augmenter(image, mask, self.rng)
+        image_array = np.asarray(image.resize((self.img_w, self.img_h), Image.BICUBIC), dtype=np.uint8)
+        if mask is not None:
+            mask = np.asarray(Image.fromarray(mask.astype(np.float32), mode="F")
+                              .resize((self.img_w, self.img_h), Image.BICUBIC), dtype=np.float32)
+        return Sample(image_array, mask, self.tokenizer.normalize(label))
+
+    def _load_mask(self, index: int, image: Image.Image) -> np.ndarray | Skipped:
+        """The stored mask (SPEC §1.4a) or, without a mask LMDB or key, the K-means rule (§1.5)."""
+        raw = None if self.mask_path is None else self._read("_mask_env", self.mask_path, MASK_KEY % index)
+        if raw is None:
+            return text_mask_from_pil(image, seed=self.kmeans_seed).astype(np.float32)
+        try:
+            mask = np.asarray(Image.open(io.BytesIO(raw)).convert("I"), dtype=np.float32)
+        except (OSError, ValueError) as error:
+            return Skipped(self.mask_path, index, f"undecodable mask ({error.__class__.__name__})")
+        if mask.shape != (image.height, image.width):
+            return Skipped(self.mask_path, index, f"mask size {mask.shape[::-1]} != image size {image.size}")
+        return mask
+
+
+class Collate:
+    """Stack samples, normalise images with the ImageNet statistics, drop and report skipped ones."""
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+
+    def __call__(self, items: Sequence[Sample | Skipped]) -> Batch:
+        samples = [s for s in items if isinstance(s, Sample)]
+        skipped = [(s.path, s.index, s.reason) for s in items if isinstance(s, Skipped)]
+        if not samples:
+            return Batch(torch.empty(0, 3, 0, 0), None, [], skipped)
+        images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float()
+        images = (images - self.mean) / self.std
+        masks = None
+        if samples[0].mask is not None:
+            masks = torch.from_numpy(np.stack([s.mask for s in samples])).unsqueeze(1)
+        return Batch(images.contiguous(), masks, [s.label for s in samples], skipped)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset selection and loaders
+# --------------------------------------------------------------------------------------------------
+def mirror_mask_path(leaf: Path, image_root: Path, mask_root: str | os.PathLike | None) -> Path | None:
+    """The mask LMDB for ``leaf``: the same relative path under ``mask_root`` (SPEC bug #21 fixed)."""
+    if mask_root is None:
+        return None
+    return Path(mask_root) / leaf.resolve().relative_to(image_root.resolve())
+
+
+def select_leaves(root: str | os.PathLike, selection: str) -> list[Path]:
+    """Leaf LMDBs under ``root`` whose path (relative to root) contains ``selection`` (SPEC §1.1)."""
+    root = Path(root)
+    leaves = find_lmdb_leaves(root)
+    if selection in ("", "/", "*"):
+        return leaves
+    chosen = [leaf for leaf in leaves if selection in str(leaf.resolve().relative_to(root.resolve()))
+              or (leaf.resolve() == root.resolve() and selection in root.name)]
+    if not chosen:
+        raise FileNotFoundError(f"{root}: no LMDB whose path contains {selection!r} "
+                                f"(found: {[str(l) for l in leaves]})")
+    return chosen
+
+
+def build_dataset_groups(root: str | os.PathLike, selections: Sequence[str], tokenizer: Tokenizer,
+                         img_size: tuple[int, int], mode: str, need_masks: bool = False,
+                         mask_root: str | os.PathLike | None = None, augmenter: Callable | None = None,
+                         kmeans_seed: int | None = None) -> list[ConcatDataset]:
+    """One concatenation of leaf datasets per selection name (``["MJ", "ST"]`` → two groups)."""
+    groups = []
+    for selection in selections:
+        leaves = select_leaves(root, selection)
+        datasets = [LmdbDataset(leaf, tokenizer, img_size, mode, need_masks,
+                                mirror_mask_path(leaf, Path(root), mask_root) if need_masks else None,
+                                augmenter, kmeans_seed) for leaf in leaves]
+        groups.append(ConcatDataset(datasets))
+    return groups
+
+
+class RatioBatchSampler(Sampler[list[int]]):
+    """Batches with a fixed share of each group (``--batch_ratio``), indices into their concatenation.
+
+    Each group is drawn without replacement in its own shuffled order, restarting when exhausted;
+    the epoch length is that of the largest group at its share.
+    """
+
+    def __init__(self, group_sizes: Sequence[int], ratios: Sequence[float], batch_size: int, seed: int = 0):
+        if len(group_sizes) != len(ratios):
+            raise ValueError(f"{len(ratios)} batch ratios given for {len(group_sizes)} selected datasets")
+        if any(size == 0 for size in group_sizes):
+            raise ValueError(f"a selected dataset is empty (sizes {list(group_sizes)})")
+        shares = np.asarray(ratios, dtype=np.float64) / float(np.sum(ratios))
+        counts = np.maximum(1, np.floor(shares * batch_size).astype(int))
+        counts[int(np.argmax(shares))] += batch_size - counts.sum()
+        self.counts = counts.tolist()
+        self.sizes = list(group_sizes)
+        self.offsets = np.concatenate([[0], np.cumsum(group_sizes)[:-1]]).tolist()
+        self.seed = seed
+        self.epoch = 0
+        self.num_batches = max(-(-size // count) for size, count in zip(self.sizes, self.counts))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        streams = []
+        for size, count, offset in zip(self.sizes, self.counts, self.offsets):
+            repeats = -(-self.num_batches * count // size)
+            order = torch.cat([torch.randperm(size, generator=generator) for _ in range(repeats)])
+            streams.append((order[: self.num_batches * count].view(self.num_batches, count) + offset))
+        batches = torch.cat(streams, 1)
+        yield from batches.tolist()
+
+
+def infinite_batches(loader: DataLoader) -> Iterator[Batch]:
+    """Iterate a loader forever, advancing its sampler's epoch each time it runs out (SPEC §1.1)."""
+    epoch = 0
+    while True:
+        for sampler in (loader.sampler, loader.batch_sampler):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1

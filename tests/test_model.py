@@ -1,0 +1,119 @@
+"""Model shapes and parameter counts (SPEC §13), TPS constants, initialisation and greedy decoding."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import TRBA, build_model
+from modules.losses import recognition_loss
+from modules.transformation import tps_grid_basis
+from utils import Tokenizer, load_charset, make_config
+
+
+@pytest.fixture(scope="module")
+def paper_trba():
+    torch.manual_seed(0)
+    return build_model(make_config("paper"))
+
+
+def test_trba_paper_shapes(paper_trba):
+    model = paper_trba.eval()
+    images, masks = torch.randn(4, 3, 32, 128), torch.rand(4, 1, 32, 128)
+    with torch.no_grad():
+        rectified, warped = model.transformation(images, masks)
+        features = model.backbone(rectified)
+        x = model.visual_sequence(features.v)
+        h = model.sequence(x)
+        ids, _ = Tokenizer(load_charset("36")).encode(["kumar", "the", "kishtwar", "a"])
+        out = model(images, ids[:, :-1], masks)
+    assert rectified.shape == (4, 3, 32, 128) and warped.shape == (4, 1, 32, 128)
+    assert features.f0.shape == (4, 32, 32, 128)
+    assert features.f1.shape == (4, 64, 16, 64)
+    assert features.f2.shape == (4, 256, 8, 32)
+    assert features.v.shape == (4, 512, 1, 32)
+    assert x.shape == (4, 32, 512) and h.shape == (4, 32, 256)
+    assert out.logits.shape == (4, 26, 37) and out.attention.shape == (4, 32, 26)
+    assert out.rectified_mask.shape == (4, 1, 32, 128)
+    assert torch.allclose(out.attention.sum(1), torch.ones(4, 26), atol=1e-5)
+
+
+def test_trba_parameter_counts(paper_trba):
+    """TPS, ResNet-45, BiLSTM stack and attention decoder sizes of SPEC §3.1–3.4/§3.11."""
+    count = lambda module: sum(p.numel() for p in module.parameters())
+    assert count(paper_trba.transformation) == 1_693_544
+    assert count(paper_trba.backbone) == 26_373_344
+    assert count(paper_trba.sequence) == 2_892_288
+    assert count(paper_trba.decoder) == 939_301
+    assert count(paper_trba) == 1_693_544 + 26_373_344 + 2_892_288 + 939_301
+    c95 = build_model(make_config("paper", charset="94", sensitive=True))
+    assert c95.decoder.generator.out_features == 95 and c95.decoder.char_embeddings.num_embeddings == 96
+
+
+def test_tps_constants_not_saved_and_exact_in_float64(paper_trba):
+    keys = paper_trba.state_dict().keys()
+    assert not any("basis" in k or "P_hat" in k for k in keys)
+    assert sum(k.startswith("transformation.localization.") for k in keys) == 28  # SPEC §3.1: the 28 localisation tensors
+    tps = build_model(make_config("tiny")).transformation.double()
+    assert tps.grid_generator.basis.dtype == torch.float64
+    assert torch.equal(tps.grid_generator.basis, tps_grid_basis(20, 32, 128))
+
+
+def test_tps_identity_fiducials_give_identity_grid():
+    """With C′ = C the TPS grid is the pixel-centre grid: a rectified image equals its input."""
+    tps = build_model(make_config("tiny")).transformation.double()
+    from modules.transformation import base_fiducials
+    grid = tps.grid_generator(base_fiducials(20)[None])
+    xs = (torch.arange(128, dtype=torch.float64) * 2 - 127) / 128
+    assert torch.allclose(grid[0, 5, :, 0], xs, atol=1e-9)
+
+
+def test_initialisation_rule():
+    model = build_model(make_config("tiny"))
+    fc2 = model.transformation.localization.localization_fc2
+    assert torch.count_nonzero(fc2.weight) == 0 and fc2.bias.abs().sum() > 0
+    assert torch.all(model.backbone.bn1.weight == 1)
+    assert torch.all(model.decoder.attention_cell.h2h.bias == 0)
+    assert model.decoder.generator.weight.std() > 0
+
+
+def test_greedy_early_stop_matches_full_decode():
+    torch.manual_seed(3)
+    config = make_config("tiny")
+    tokenizer = Tokenizer.from_config(config)
+    model = build_model(config, tokenizer).eval()
+    with torch.no_grad():
+        # a decoder whose EOS logit grows with time, so sequences end at different steps
+        model.decoder.generator.bias[0] = -2.0
+        features = model.sequence(model.visual_sequence(model.backbone(model.transformation(torch.randn(6, 3, 32, 128))[0]).v))
+        early = model.decoder(features)
+        full = model.decoder(features, early_stop=False)
+    assert full.logits.shape[1] == config.num_steps
+    assert tokenizer.decode(early.logits)[0] == tokenizer.decode(full.logits)[0]
+    assert torch.allclose(early.logits, full.logits[:, : early.logits.shape[1]], atol=1e-6)
+
+
+def test_greedy_stops_when_all_sequences_end():
+    config = make_config("tiny")
+    model = build_model(config).eval()
+    with torch.no_grad():
+        model.decoder.generator.bias[0] = 100.0  # EOS at the first step
+        out = model(torch.randn(3, 3, 32, 128))
+    assert out.logits.shape[1] == 1
+
+
+def test_recognition_loss_known_value():
+    logits = torch.zeros(2, 3, 4)
+    logits[0, 0, 1] = 2.0
+    targets = torch.tensor([[1, 0, 0], [2, 3, 0]])
+    lengths = torch.tensor([1, 3])
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(logits[0, :1], targets[0, :1], reduction="sum") + ce(logits[1], targets[1], reduction="sum")) / 4
+    assert recognition_loss(logits, targets, lengths).item() == pytest.approx(expected.item())
+    assert recognition_loss(logits, targets, torch.tensor([1, 1])).item() == pytest.approx(
+        ((ce(logits[0, :1], targets[0, :1]) + ce(logits[1, :1], targets[1, :1])) / 2).item())
+
+
+def test_unknown_model_rejected():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model(make_config("tiny", model="CRNN"))
+    assert isinstance(build_model(make_config("tiny")), TRBA)

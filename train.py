@@ -1,0 +1,251 @@
+"""Train a recognition model on LMDB data (SPEC §5).
+
+With no data arguments it builds the built-in synthetic set under ``data/synth_demo`` (if absent)
+and trains the ``demo`` preset, sized for a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, RandomSampler
+from tqdm import tqdm
+
+from dataset import (Batch, Collate, LmdbDataset, RatioBatchSampler, build_dataset_groups, find_lmdb_leaves,
+                     infinite_batches)
+from model import build_model
+from modules.augment import JointAugment
+from modules.losses import recognition_loss
+from utils import (Config, Tokenizer, atomic_save, evaluate, load_checkpoint, make_config, one_cycle_scheduler,
+                   seed_everything, weighted_total)
+
+DEMO_ROOT = Path("data/synth_demo")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--train_data", help="root of the training LMDBs (every leaf directory is one LMDB)")
+    data.add_argument("--select_data", default="/",
+                      help="'-'-separated substrings selecting leaves under --train_data, e.g. MJ-ST ('/' = all)")
+    data.add_argument("--batch_ratio", default=None,
+                      help="'-'-separated share of each selection per batch, e.g. 0.5-0.5 (default: uniform "
+                           "sampling over the concatenation, as the official SIGA_R)")
+    data.add_argument("--valid_data", help="root of the validation LMDBs (each leaf scored, then the weighted total)")
+    data.add_argument("--mask_root", help="root of the mask LMDBs mirroring --train_data (default: K-means on the fly)")
+    data.add_argument("--no_aug", dest="augment", action="store_false", default=None, help="disable augmentation")
+    data.add_argument("--aug_mode", choices=["sample", "fixed"], help="per-sample draws, or the official fixed draw")
+    data.add_argument("--workers", type=int)
+    data.add_argument("--charset", help="'36', '94' or a file with one character per line")
+    data.add_argument("--sensitive", action="store_true", default=None, help="case-sensitive labels (charset 94)")
+    model = parser.add_argument_group("model and optimisation")
+    model.add_argument("--model", choices=["TRBA"], help="architecture (default TRBA)")
+    model.add_argument("--preset", default=None, choices=["paper", "demo", "tiny"],
+                       help="size/schedule preset (default: paper with data arguments, demo without)")
+    model.add_argument("--batch_size", type=int, help="per-process batch size")
+    model.add_argument("--num_iter", type=int, help="number of optimiser steps")
+    model.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    model.add_argument("--grad_clip", type=float)
+    model.add_argument("--max_label_length", type=int)
+    model.add_argument("--seed", type=int)
+    model.add_argument("--valid_interval", type=int, help="validate and checkpoint every N iterations")
+    run = parser.add_argument_group("run")
+    run.add_argument("--exp_name", default=None, help="run name under --saved_dir (default: <model>-<preset>)")
+    run.add_argument("--saved_dir", default="saved_models")
+    run.add_argument("--resume", help="continue a run from its checkpoint (model, optimiser, scheduler, iteration)")
+    run.add_argument("--finetune", help="start from a checkpoint's weights only (new optimiser and schedule)")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    if args.resume and args.finetune:
+        parser.error("--resume and --finetune are mutually exclusive")
+    if (args.train_data is None) != (args.valid_data is None):
+        parser.error("give both --train_data and --valid_data, or neither (built-in synthetic demo data)")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    if args.resume:
+        return Config.from_dict(load_checkpoint(args.resume)["config"])
+    preset = args.preset or ("paper" if args.train_data else "demo")
+    names = ["model", "batch_size", "num_iter", "lr", "grad_clip", "max_label_length", "seed", "valid_interval",
+             "workers", "augment", "aug_mode", "charset", "sensitive"]
+    overrides = {name: getattr(args, name) for name in names}
+    if args.sensitive and args.charset is None:
+        overrides["charset"] = "94"
+    return make_config(preset, **overrides)
+
+
+def ensure_demo_data() -> tuple[str, str, str]:
+    """Build the synthetic demo LMDBs on first use; returns (train root, valid root, mask root)."""
+    from tools.synth import build_demo_data
+
+    build_demo_data(DEMO_ROOT)
+    return str(DEMO_ROOT / "images" / "train"), str(DEMO_ROOT / "images" / "val"), str(DEMO_ROOT / "masks" / "train")
+
+
+def make_train_loader(args: argparse.Namespace, config: Config, tokenizer: Tokenizer, need_masks: bool) -> DataLoader:
+    selections = args.select_data.split("-")
+    augmenter = None
+    if config.augment:
+        augmenter = JointAugment(config.aug_mode, np.random.default_rng(config.seed))
+    groups = build_dataset_groups(args.train_data, selections, tokenizer, (config.img_h, config.img_w), "train",
+                                  need_masks, args.mask_root, augmenter)
+    for group, selection in zip(groups, selections):
+        skipped = [s for d in group.datasets for s in d.scan_skipped]
+        print(f"train data '{selection}': {len(group)} samples from {len(group.datasets)} LMDB(s)"
+              + (f", {len(skipped)} unreadable labels skipped" if skipped else ""))
+    dataset = ConcatDataset(groups)
+    if len(dataset) < config.batch_size:
+        raise ValueError(f"{args.train_data}: {len(dataset)} training samples, fewer than one batch of {config.batch_size}")
+    common = dict(num_workers=config.workers, collate_fn=Collate(), pin_memory=torch.cuda.is_available(),
+                  persistent_workers=config.workers > 0)
+    if args.batch_ratio:
+        ratios = [float(r) for r in args.batch_ratio.split("-")]
+        sampler = RatioBatchSampler([len(g) for g in groups], ratios, config.batch_size, config.seed)
+        return DataLoader(dataset, batch_sampler=sampler, **common)
+    generator = torch.Generator().manual_seed(config.seed)
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=RandomSampler(dataset, generator=generator),
+                      drop_last=True, **common)
+
+
+def make_eval_loaders(root: str, config: Config, tokenizer: Tokenizer) -> dict[str, DataLoader]:
+    """One test-mode loader per leaf LMDB under ``root``, keyed by its path relative to ``root``."""
+    loaders = {}
+    for leaf in find_lmdb_leaves(root):
+        dataset = LmdbDataset(leaf, tokenizer, (config.img_h, config.img_w), "test")
+        name = str(leaf.relative_to(root)) if leaf != Path(root) else leaf.name
+        loaders[name] = DataLoader(dataset, batch_size=config.eval_batch_size, shuffle=False,
+                                   num_workers=min(config.workers, 2), collate_fn=Collate())
+    return loaders
+
+
+def validate(model: torch.nn.Module, loaders: dict[str, DataLoader], tokenizer: Tokenizer, device: torch.device):
+    """Per-dataset results and their sample-weighted total."""
+    results = {name: evaluate(model, loader, tokenizer, device) for name, loader in loaders.items()}
+    return results, weighted_total(results.values())
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, iteration: int, config: Config, tokenizer: Tokenizer,
+                    best_accuracy: float) -> None:
+    atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "iteration": iteration, "config": config.to_dict(),
+                 "charset": tokenizer.charset, "best_accuracy": best_accuracy}, path)
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run the training loop; returns a summary (iterations, best/last accuracy, checkpoint paths)."""
+    if args.train_data is None:
+        args.train_data, args.valid_data, args.mask_root = ensure_demo_data()
+    config = build_config(args)
+    seed_everything(config.seed)
+    device = torch.device(args.device)
+    tokenizer = Tokenizer.from_config(config)
+    model = build_model(config, tokenizer).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
+    scheduler = one_cycle_scheduler(optimizer, config)
+    start_iteration, best_accuracy = 0, -1.0
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume, device)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start_iteration = checkpoint["iteration"]
+        best_accuracy = checkpoint.get("best_accuracy", -1.0)
+    elif args.finetune:
+        checkpoint = load_checkpoint(args.finetune, device)
+        if checkpoint["charset"] != tokenizer.charset:
+            raise ValueError(f"{args.finetune}: charset differs from this run's ({len(checkpoint['charset'])} vs "
+                             f"{len(tokenizer.charset)} characters)")
+        model.load_state_dict(checkpoint["model"])
+
+    exp_name = args.exp_name or f"{config.model}-{args.preset or ('demo' if DEMO_ROOT.as_posix() in args.train_data else 'paper')}"
+    run_dir = Path(args.saved_dir) / exp_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    train_loader = make_train_loader(args, config, tokenizer, getattr(model, "needs_masks", False))
+    valid_loaders = make_eval_loaders(args.valid_data, config, tokenizer)
+    print(f"model {config.model}: {sum(p.numel() for p in model.parameters()):,} parameters "
+          f"({sum(p.numel() for p in trainable):,} trainable); run dir {run_dir}")
+
+    batches = infinite_batches(train_loader)
+    skipped_total = 0
+    last_accuracy = None
+    model.train()
+    progress = tqdm(range(start_iteration, config.num_iter), initial=start_iteration, total=config.num_iter,
+                    dynamic_ncols=True, disable=None)
+    window_start, window_images = time.perf_counter(), 0
+    for iteration in progress:
+        batch: Batch = next(batches)
+        if batch.skipped:
+            skipped_total += len(batch.skipped)
+            for path, index, reason in batch.skipped:
+                tqdm.write(f"skipped {path} index {index}: {reason}")
+        if len(batch) == 0:
+            scheduler.step()
+            continue
+        ids, lengths = tokenizer.encode(batch.labels, device)
+        images = batch.images.to(device, non_blocking=True)
+        masks = batch.masks.to(device, non_blocking=True) if batch.masks is not None else None
+        output = model(images, ids[:, :-1], masks)
+        loss = recognition_loss(output.logits, ids[:, 1:], lengths)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        window_images += len(batch)
+        step = iteration + 1
+        if step % 10 == 0 or step == config.num_iter:
+            elapsed = time.perf_counter() - window_start
+            lr = scheduler.get_last_lr()[0]
+            loss_value = loss.item()
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{window_images / elapsed:.0f}")
+            writer.add_scalar("train/loss", loss_value, step)
+            writer.add_scalar("train/lr", lr, step)
+            writer.add_scalar("train/images_per_second", window_images / elapsed, step)
+            window_start, window_images = time.perf_counter(), 0
+        if step % config.valid_interval == 0 or step == config.num_iter:
+            results, total = validate(model, valid_loaders, tokenizer, device)
+            last_accuracy = total.accuracy
+            for name, result in results.items():
+                writer.add_scalar(f"valid/{name}/accuracy", result.accuracy, step)
+            writer.add_scalar("valid/total_accuracy", total.accuracy, step)
+            writer.add_scalar("valid/total_ned", total.ned, step)
+            line = (f"[{step}/{config.num_iter}] loss {loss.item():.4f} valid accuracy {total.accuracy:.2f}% "
+                    f"NED {total.ned:.4f} (n={total.num_samples})")
+            if total.accuracy > best_accuracy:
+                best_accuracy = total.accuracy
+                save_checkpoint(run_dir / "best_accuracy.pth", model, optimizer, scheduler, step, config, tokenizer,
+                                best_accuracy)
+                line += " (best)"
+            save_checkpoint(run_dir / "last.pth", model, optimizer, scheduler, step, config, tokenizer, best_accuracy)
+            tqdm.write(line)
+            with open(run_dir / "log.txt", "a") as log:
+                log.write(line + "\n")
+    progress.close()
+    writer.close()
+    summary = {"iterations": config.num_iter, "best_accuracy": best_accuracy, "last_accuracy": last_accuracy,
+               "skipped_samples": skipped_total, "best_checkpoint": str(run_dir / "best_accuracy.pth"),
+               "last_checkpoint": str(run_dir / "last.pth")}
+    print(f"done: validation accuracy {last_accuracy if last_accuracy is not None else float('nan'):.2f}% "
+          f"(best {best_accuracy:.2f}%), {skipped_total} corrupt samples skipped; "
+          f"checkpoint {summary['best_checkpoint']}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
