@@ -253,7 +253,7 @@ class LmdbDataset(Dataset):
             image, mask = self.augmenter(image, mask, self.rng)
         image_array = np.asarray(image.resize((self.img_w, self.img_h), Image.BICUBIC), dtype=np.uint8)
         if mask is not None:
-            mask = np.asarray(Image.fromarray(mask.astype(np.float32), mode="F")
+            mask = np.asarray(Image.fromarray(mask.astype(np.float32))
                               .resize((self.img_w, self.img_h), Image.BICUBIC), dtype=np.float32)
         return Sample(image_array, mask, self.tokenizer.normalize(label))
 
