@@ -378,3 +378,10 @@ def infinite_batches(loader: DataLoader) -> Iterator[Batch]:
                 sampler.set_epoch(epoch)
         yield from loader
         epoch += 1
+
+
+def make_eval_loader(path: str | os.PathLike, tokenizer: Tokenizer, img_size: tuple[int, int], batch_size: int,
+                     workers: int = 0) -> DataLoader:
+    """A test-mode loader over one leaf LMDB, in index order."""
+    dataset = LmdbDataset(path, tokenizer, img_size, "test")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=Collate())

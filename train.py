@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, RandomSampler
 from tqdm import tqdm
 
-from dataset import (Batch, Collate, LmdbDataset, RatioBatchSampler, build_dataset_groups, find_lmdb_leaves,
-                     infinite_batches)
+from dataset import (Batch, Collate, RatioBatchSampler, build_dataset_groups, find_lmdb_leaves, infinite_batches,
+                     make_eval_loader)
 from model import build_model
 from modules.augment import JointAugment
 from modules.losses import recognition_loss
@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--max_label_length", type=int)
     model.add_argument("--seed", type=int)
     model.add_argument("--valid_interval", type=int, help="validate and checkpoint every N iterations")
+    model.add_argument("--save_interval", type=int, help="keep a snapshot iter_<N>.pth every N iterations")
     run = parser.add_argument_group("run")
     run.add_argument("--exp_name", default=None, help="run name under --saved_dir (default: <model>-<preset>)")
     run.add_argument("--saved_dir", default="saved_models")
@@ -71,8 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> Config:
     if args.resume:
         return Config.from_dict(load_checkpoint(args.resume)["config"])
-    preset = args.preset or ("paper" if args.train_data else "demo")
+    preset = args.preset or "paper"
     names = ["model", "batch_size", "num_iter", "lr", "grad_clip", "max_label_length", "seed", "valid_interval",
+             "save_interval",
              "workers", "augment", "aug_mode", "charset", "sensitive"]
     overrides = {name: getattr(args, name) for name in names}
     if args.sensitive and args.charset is None:
@@ -115,13 +117,9 @@ def make_train_loader(args: argparse.Namespace, config: Config, tokenizer: Token
 
 def make_eval_loaders(root: str, config: Config, tokenizer: Tokenizer) -> dict[str, DataLoader]:
     """One test-mode loader per leaf LMDB under ``root``, keyed by its path relative to ``root``."""
-    loaders = {}
-    for leaf in find_lmdb_leaves(root):
-        dataset = LmdbDataset(leaf, tokenizer, (config.img_h, config.img_w), "test")
-        name = str(leaf.relative_to(root)) if leaf != Path(root) else leaf.name
-        loaders[name] = DataLoader(dataset, batch_size=config.eval_batch_size, shuffle=False,
-                                   num_workers=min(config.workers, 2), collate_fn=Collate())
-    return loaders
+    return {str(leaf.relative_to(root)) if leaf != Path(root) else leaf.name:
+            make_eval_loader(leaf, tokenizer, (config.img_h, config.img_w), config.eval_batch_size,
+                             min(config.workers, 2)) for leaf in find_lmdb_leaves(root)}
 
 
 def validate(model: torch.nn.Module, loaders: dict[str, DataLoader], tokenizer: Tokenizer, device: torch.device):
@@ -139,13 +137,15 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, iteration: int, con
 
 def train(args: argparse.Namespace) -> dict:
     """Run the training loop; returns a summary (iterations, best/last accuracy, checkpoint paths)."""
+    if args.preset is None and not args.resume:
+        args.preset = "paper" if args.train_data else "demo"
     if args.train_data is None:
         args.train_data, args.valid_data, args.mask_root = ensure_demo_data()
     config = build_config(args)
     seed_everything(config.seed)
     device = torch.device(args.device)
     tokenizer = Tokenizer.from_config(config)
-    model = build_model(config, tokenizer).to(device)
+    model = build_model(config, tokenizer).to(device, memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
     scheduler = one_cycle_scheduler(optimizer, config)
@@ -164,7 +164,7 @@ def train(args: argparse.Namespace) -> dict:
                              f"{len(tokenizer.charset)} characters)")
         model.load_state_dict(checkpoint["model"])
 
-    exp_name = args.exp_name or f"{config.model}-{args.preset or ('demo' if DEMO_ROOT.as_posix() in args.train_data else 'paper')}"
+    exp_name = args.exp_name or f"{config.model}-{args.preset}"
     run_dir = Path(args.saved_dir) / exp_name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -183,6 +183,7 @@ def train(args: argparse.Namespace) -> dict:
     progress = tqdm(range(start_iteration, config.num_iter), initial=start_iteration, total=config.num_iter,
                     dynamic_ncols=True, disable=None)
     window_start, window_images = time.perf_counter(), 0
+    run_start, run_images = time.perf_counter(), 0
     for iteration in progress:
         batch: Batch = next(batches)
         if batch.skipped:
@@ -192,8 +193,11 @@ def train(args: argparse.Namespace) -> dict:
         if len(batch) == 0:
             scheduler.step()
             continue
-        ids, lengths = tokenizer.encode(batch.labels, device)
-        images = batch.images.to(device, non_blocking=True)
+        ids, lengths = tokenizer.encode(batch.labels)
+        # Steps after the longest label carry no loss and cannot change earlier steps: skip them.
+        steps = int(lengths.max())
+        ids, lengths = ids[:, : steps + 1].to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+        images = batch.images.to(device, non_blocking=True, memory_format=torch.channels_last)
         masks = batch.masks.to(device, non_blocking=True) if batch.masks is not None else None
         output = model(images, ids[:, :-1], masks)
         loss = recognition_loss(output.logits, ids[:, 1:], lengths)
@@ -203,6 +207,7 @@ def train(args: argparse.Namespace) -> dict:
         optimizer.step()
         scheduler.step()
         window_images += len(batch)
+        run_images += len(batch)
         step = iteration + 1
         if step % 10 == 0 or step == config.num_iter:
             elapsed = time.perf_counter() - window_start
@@ -213,6 +218,9 @@ def train(args: argparse.Namespace) -> dict:
             writer.add_scalar("train/lr", lr, step)
             writer.add_scalar("train/images_per_second", window_images / elapsed, step)
             window_start, window_images = time.perf_counter(), 0
+        if step % config.save_interval == 0:
+            save_checkpoint(run_dir / f"iter_{step}.pth", model, optimizer, scheduler, step, config, tokenizer,
+                            best_accuracy)
         if step % config.valid_interval == 0 or step == config.num_iter:
             results, total = validate(model, valid_loaders, tokenizer, device)
             last_accuracy = total.accuracy
@@ -220,8 +228,9 @@ def train(args: argparse.Namespace) -> dict:
                 writer.add_scalar(f"valid/{name}/accuracy", result.accuracy, step)
             writer.add_scalar("valid/total_accuracy", total.accuracy, step)
             writer.add_scalar("valid/total_ned", total.ned, step)
+            elapsed = time.perf_counter() - run_start
             line = (f"[{step}/{config.num_iter}] loss {loss.item():.4f} valid accuracy {total.accuracy:.2f}% "
-                    f"NED {total.ned:.4f} (n={total.num_samples})")
+                    f"NED {total.ned:.4f} (n={total.num_samples}) | {elapsed:.0f} s, {run_images / elapsed:.0f} img/s")
             if total.accuracy > best_accuracy:
                 best_accuracy = total.accuracy
                 save_checkpoint(run_dir / "best_accuracy.pth", model, optimizer, scheduler, step, config, tokenizer,

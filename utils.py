@@ -60,6 +60,7 @@ class Config:
     aug_mode: str = "sample"  # "sample" (per-sample draw) or "fixed" (official once-per-process quirk)
     workers: int = 4
     valid_interval: int = 1000
+    save_interval: int = 20000  # periodic snapshots iter_<N>.pth (SPEC §5.5)
     eval_batch_size: int = 256
 
     @property
@@ -91,13 +92,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         tps_channels=(16, 32, 64, 128), tps_fc=64,
         backbone_channels=(16, 16, 32, 64, 96, 128), backbone_blocks=(1, 1, 1, 1, 1, 1, 1),
-        hidden_size=96, batch_size=48, num_iter=3000, lr=1e-3, workers=2, valid_interval=500,
+        hidden_size=96, batch_size=32, num_iter=4000, lr=1e-3, pct_start=0.15, augment=False, workers=1,
+        valid_interval=500,
     ),
     # Smallest working network, for tests.
     "tiny": dict(
         tps_channels=(4, 8, 8, 16), tps_fc=16, backbone_channels=(8, 8, 8, 16, 16, 32),
         backbone_blocks=(1, 1, 1, 1, 1, 1, 1), hidden_size=32, batch_size=8, num_iter=20,
-        workers=0, valid_interval=10, eval_batch_size=16,
+        workers=0, valid_interval=10, save_interval=10, eval_batch_size=16,
     ),
 }
 

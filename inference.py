@@ -1,0 +1,180 @@
+"""Inference helpers shared by ``test.py`` and ``demo.py``: rebuilding a model from a checkpoint, finding and
+loading image files of any PIL mode, and preprocessing them exactly like the LMDB datasets do."""
+from __future__ import annotations
+
+import glob
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from natsort import natsorted
+from PIL import Image, ImageOps
+
+from dataset import Collate, Sample
+from model import build_model
+from utils import Config, Tokenizer, load_checkpoint
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+_GLOB_CHARS = frozenset("*?[")
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Tokenizer, Config]:
+    """Rebuild the model of a checkpoint written by ``train.py``, on ``device`` and in eval mode.
+
+    The single place where checkpoints become models (test.py and demo.py both use it). Raises
+    ``FileNotFoundError`` for a missing file and ``ValueError`` for something that is not a checkpoint.
+    """
+    try:
+        checkpoint = load_checkpoint(path, map_location="cpu")
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:  # not a torch file, truncated, or unsafe
+        raise ValueError(f"{path}: not a readable checkpoint ({error.__class__.__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    config = Config.from_dict(checkpoint["config"])
+    if checkpoint.get("charset"):
+        tokenizer = Tokenizer(checkpoint["charset"], config.max_label_length, config.sensitive)
+    else:
+        tokenizer = Tokenizer.from_config(config)
+    model = build_model(config, tokenizer)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit the {config.model} model its config describes: {error}") from error
+    model.to(device).eval()
+    return model, tokenizer, config
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding and loading images
+# --------------------------------------------------------------------------------------------------
+def is_image_name(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _images_in_directory(directory: Path) -> list[str]:
+    return natsorted(str(p) for p in directory.iterdir() if p.is_file() and is_image_name(p))
+
+
+def expand_image_paths(specs: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Files from explicit paths, directories (their image files, natural order) and glob patterns.
+
+    An explicitly named file is kept whatever its extension; files found in a directory or by a glob
+    must have an image extension. Returns (paths without duplicates, in order; specs that matched nothing).
+    """
+    found: list[str] = []
+    unmatched: list[str] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_file():
+            matches = [spec]
+        elif path.is_dir():
+            matches = _images_in_directory(path)
+        elif _GLOB_CHARS & set(spec):
+            matches = []
+            for hit in natsorted(glob.glob(spec, recursive=True)):
+                if Path(hit).is_dir():
+                    matches.extend(_images_in_directory(Path(hit)))
+                elif is_image_name(hit):
+                    matches.append(hit)
+        else:
+            matches = []
+        if not matches:
+            unmatched.append(spec)
+        found.extend(matches)
+    return list(dict.fromkeys(found)), unmatched
+
+
+def _scale_to_uint8(array: np.ndarray, full_scale: float) -> np.ndarray:
+    return np.clip(np.rint(array.astype(np.float64) * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB version of a PIL image of any mode.
+
+    Transparency is composited on white; 16-bit images are scaled (65535 → 255), not clipped;
+    32-bit integer images are treated as 8-bit if their maximum is ≤ 255, as 16-bit if ≤ 65535, and
+    min–max scaled otherwise; float images as [0, 1] if their maximum is ≤ 1, else clipped to [0, 255].
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16"):
+        gray = _scale_to_uint8(np.asarray(image), 65535.0)
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "I":
+        array = np.asarray(image).astype(np.int64)
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if low >= 0 and high <= 255:
+            gray = array.astype(np.uint8)
+        elif low >= 0 and high <= 65535:
+            gray = _scale_to_uint8(array, 65535.0)
+        else:
+            gray = _scale_to_uint8(array - low, max(high - low, 1))
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "F":
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        scale = 1.0 if array.size and array.max() <= 1.0 else 255.0
+        return Image.fromarray(_scale_to_uint8(array, scale)).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in image.info) \
+        or (mode in ("L", "RGB") and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file as 8-bit RGB, applying its EXIF orientation first (see :func:`to_rgb`).
+
+    Raises ``OSError``/``ValueError`` (e.g. ``PIL.UnidentifiedImageError``) for unreadable files.
+    """
+    with Image.open(path) as image:
+        image.load()
+        try:
+            upright = ImageOps.exif_transpose(image)
+        except Exception:  # a malformed EXIF block must not make an otherwise fine image unreadable
+            upright = image
+        return to_rgb(upright).copy()
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing and recognition
+# --------------------------------------------------------------------------------------------------
+def preprocess(images: Sequence[Image.Image], config: Config) -> torch.Tensor:
+    """Normalised batch [B, 3, img_h, img_w]: bicubic resize and ``dataset.Collate``, as for LMDB samples."""
+    samples = [Sample(np.asarray(to_rgb(image).resize((config.img_w, config.img_h), Image.BICUBIC), dtype=np.uint8),
+                      None, "") for image in images]
+    return Collate()(samples).images
+
+
+@dataclass
+class Recognition:
+    text: str
+    confidence: float
+
+
+@torch.inference_mode()
+def recognize(model: torch.nn.Module, tokenizer: Tokenizer, config: Config, images: Sequence[Image.Image],
+              device: torch.device | str = "cpu", batch_size: int = 32,
+              amp_dtype: torch.dtype | None = None) -> list[Recognition]:
+    """Greedy predictions for PIL images, in batches of ``batch_size``."""
+    device = torch.device(device)
+    batch_size = max(batch_size, 1)
+    was_training = model.training
+    model.eval()
+    results: list[Recognition] = []
+    for start in range(0, len(images), batch_size):
+        batch = preprocess(images[start : start + batch_size], config).to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(batch).logits
+        texts, confidences = tokenizer.decode(logits)
+        results.extend(Recognition(t, c) for t, c in zip(texts, confidences))
+    model.train(was_training)
+    return results

@@ -1,0 +1,71 @@
+"""Shared test helpers: rendered word images and tiny clovaai-format LMDBs built from them.
+
+Use the ``word_lmdb`` fixture (it returns :func:`make_word_lmdb`) or import the functions directly
+(``from conftest import make_word_lmdb``; pytest puts ``tests/`` on the path).
+"""
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+CORRUPT_IMAGE_BYTES = b"this is not an image"
+
+
+@lru_cache(maxsize=8)
+def word_font(size: int = 22) -> ImageFont.ImageFont:
+    """DejaVu Sans from matplotlib's bundled fonts (PIL's default font if matplotlib is absent)."""
+    try:
+        import matplotlib
+
+        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        return ImageFont.truetype(str(path), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def render_word(word: str, size: tuple[int, int] = (100, 32), color=(20, 20, 20), background=(235, 235, 235),
+                mode: str = "RGB") -> Image.Image:
+    """``word`` in dark text centred on a light background; ``size`` is (width, height)."""
+    width, height = size
+    image = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(image)
+    font = word_font(max(8, int(height * 0.7)))
+    left, top, right, bottom = draw.textbbox((0, 0), word, font=font)
+    draw.text(((width - (right - left)) / 2 - left, (height - (bottom - top)) / 2 - top), word, fill=color, font=font)
+    return image.convert(mode) if mode != "RGB" else image
+
+
+def encode_image(image: Image.Image, format: str = "PNG", **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **params)
+    return buffer.getvalue()
+
+
+def make_word_lmdb(path: str | Path, words: Sequence[str], size: tuple[int, int] = (100, 32),
+                   corrupt_indices: Iterable[int] = (), labels: Sequence[str] | None = None) -> Path:
+    """An LMDB at ``path`` with one rendered PNG per word, labelled with the word (or ``labels``).
+
+    ``corrupt_indices`` are 1-based sample indices whose image bytes are not an image.
+    """
+    from dataset import LmdbWriter  # imported here so that a broken dataset.py does not break every test file
+
+    corrupt = set(corrupt_indices)
+    labels = list(words) if labels is None else list(labels)
+    if len(labels) != len(words):
+        raise ValueError("words and labels differ in length")
+    with LmdbWriter(path) as writer:
+        for index, (word, label) in enumerate(zip(words, labels), start=1):
+            data = CORRUPT_IMAGE_BYTES if index in corrupt else encode_image(render_word(word, size))
+            writer.add_sample(data, label)
+    return Path(path)
+
+
+@pytest.fixture
+def word_lmdb():
+    """The :func:`make_word_lmdb` builder."""
+    return make_word_lmdb
