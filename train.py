@@ -145,7 +145,7 @@ def train(args: argparse.Namespace) -> dict:
     seed_everything(config.seed)
     device = torch.device(args.device)
     tokenizer = Tokenizer.from_config(config)
-    model = build_model(config, tokenizer).to(device, memory_format=torch.channels_last)
+    model = build_model(config, tokenizer).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
     scheduler = one_cycle_scheduler(optimizer, config)
@@ -197,7 +197,7 @@ def train(args: argparse.Namespace) -> dict:
         # Steps after the longest label carry no loss and cannot change earlier steps: skip them.
         steps = int(lengths.max())
         ids, lengths = ids[:, : steps + 1].to(device, non_blocking=True), lengths.to(device, non_blocking=True)
-        images = batch.images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        images = batch.images.to(device, non_blocking=True)
         masks = batch.masks.to(device, non_blocking=True) if batch.masks is not None else None
         output = model(images, ids[:, :-1], masks)
         loss = recognition_loss(output.logits, ids[:, 1:], lengths)

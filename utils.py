@@ -312,6 +312,8 @@ def evaluate(model: torch.nn.Module, loader: Iterable, tokenizer: Tokenizer, dev
     result = EvalResult()
     device = torch.device(device)
     for batch in loader:
+        if len(batch) == 0:  # every sample of this batch was unreadable (reported by the caller's loader)
+            continue
         images = batch.images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images).logits
