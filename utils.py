@@ -43,6 +43,20 @@ class Config:
     backbone_channels: tuple[int, ...] = (32, 32, 64, 128, 256, 512)  # stem, layer1..layer5 (6, 7 = last)
     backbone_blocks: tuple[int, ...] = (3, 4, 6, 6, 3, 2, 1)  # layer1..layer7
     hidden_size: int = 256
+    glyph_channels: int = 128  # width of the glyph attention network's U-Net decoder (SPEC §3.5)
+    dropout: float = 0.3  # on the glyph sequences and the final projection (SPEC §3.10)
+    # SIGA losses (SPEC §4, §7 #28); paper values
+    mask_threshold: float = 0.5  # K-means mask binarisation (strict >)
+    foreground_threshold: float = 0.5  # predicted text foreground p1 > 0.5
+    glyph_foreground_threshold: float = 0.4  # resized foreground ≥ 0.4 at the glyph scales
+    glyph_attention_threshold: float = 0.05  # α: attention > α marks a character's columns
+    sharpen_slope: float = 70.0  # ψ(a) = σ(slope · (a − offset))
+    sharpen_offset: float = 0.1
+    hard_sample_threshold: float = 1.0  # after the switch, L_seg ignores samples with mean loss ≥ this
+    siga_switch_iter: int = 20000  # iteration of the L_seg / λ switch
+    align_weight_early: float = 1.0  # λ before the switch
+    align_weight_late: float = 0.3  # λ from the switch on
+    freeze_tps_bn: bool = False  # keep the (frozen) TPS's BatchNorm statistics fixed in training (SPEC §7 #7)
     # optimisation (SPEC §5.2)
     batch_size: int = 384
     num_iter: int = 300000
@@ -92,13 +106,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         tps_channels=(16, 32, 64, 128), tps_fc=64,
         backbone_channels=(16, 16, 32, 64, 96, 128), backbone_blocks=(1, 1, 1, 1, 1, 1, 1),
-        hidden_size=96, batch_size=32, num_iter=4000, lr=1e-3, pct_start=0.15, augment=False, workers=1,
+        hidden_size=96, glyph_channels=32, batch_size=32, num_iter=4000, lr=1e-3, pct_start=0.15, augment=False, workers=1,
         valid_interval=500,
     ),
     # Smallest working network, for tests.
     "tiny": dict(
         tps_channels=(4, 8, 8, 16), tps_fc=16, backbone_channels=(8, 8, 8, 16, 16, 32),
-        backbone_blocks=(1, 1, 1, 1, 1, 1, 1), hidden_size=32, batch_size=8, num_iter=20,
+        backbone_blocks=(1, 1, 1, 1, 1, 1, 1), hidden_size=32, glyph_channels=8, batch_size=8, num_iter=20,
         workers=0, valid_interval=10, save_interval=10, eval_batch_size=16,
     ),
 }

@@ -106,6 +106,21 @@ class TPSRectifier(nn.Module):
         self.localization = LocalizationNetwork(num_fiducial, in_channels, channels, fc_size)
         self.grid_generator = GridGenerator(num_fiducial, height, width)
 
+        self.frozen_statistics = False
+
+    def freeze(self, statistics: bool = False) -> None:
+        """Exclude every TPS parameter from training (SPEC §3.1). Its BatchNorms still follow
+        ``train()`` like the official code (§7 #7) unless ``statistics`` keeps them in eval mode."""
+        self.requires_grad_(False)
+        self.frozen_statistics = statistics
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "TPSRectifier":
+        super().train(mode)
+        if self.frozen_statistics:
+            self.localization.eval()
+        return self
+
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """image [B, 3, H, W] (and mask [B, 1, H, W]) → rectified image (and mask) of the same size."""
         grid = self.grid_generator(self.localization(image))

@@ -1,0 +1,79 @@
+"""Glyph attention network (SPEC §3.5): a U-Net decoder over the backbone's F0/F1/F2 that predicts
+text segmentation and per-character glyph maps at two scales, and pools glyph features with them."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from modules.sequence import BiLSTM
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel: int, bias: bool = True) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, 1, kernel // 2, bias=bias),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+def upsample_bn_relu(channels: int) -> nn.Sequential:
+    """×2 transposed convolution (k4, s2, p1), BN, ReLU."""
+    return nn.Sequential(nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+
+def glyph_pooling(glyph_logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Glyph features [B, K−1, D]: each character slot's spatial softmax (background channel 0
+    dropped) as weights over the feature map [B, D, h, w] (h-major flattening for both)."""
+    weights = glyph_logits.flatten(2).softmax(-1)[:, 1:]
+    return torch.bmm(weights, features.flatten(2).transpose(1, 2))
+
+
+class GlyphOutput(NamedTuple):
+    """``logits_low`` [B, K, H/2, W/2], ``logits_mid`` [B, K, H/4, W/4], glyph sequences
+    ``sequence_low``/``sequence_mid`` [B, K−1, D]; ``seg_logits`` [B, 2, H, W] only when requested."""
+
+    logits_low: torch.Tensor
+    logits_mid: torch.Tensor
+    sequence_low: torch.Tensor
+    sequence_mid: torch.Tensor
+    seg_logits: torch.Tensor | None
+
+
+class GlyphAttentionNetwork(nn.Module):
+    """From (F0, F1, F2) to segmentation logits, glyph logits (K = N_max + 2 channels, 0 = background)
+    at 1/4 ("mid") and 1/2 ("low") resolution, and BiLSTM-encoded glyph feature sequences.
+
+    ``feature_channels`` = channels of (F0, F1, F2); ``channels`` = the decoder width (128 in the paper);
+    ``feature_size`` = D, the glyph feature and BiLSTM width (256 in the paper).
+    """
+
+    def __init__(self, feature_channels: tuple[int, int, int], num_slots: int, channels: int = 128,
+                 feature_size: int = 256):
+        super().__init__()
+        c0, c1, c2 = feature_channels
+        self.reduce_mid = conv_bn_relu(c2, c2, 1)
+        self.mid_block = conv_bn_relu(c2, channels, 3)
+        self.mid_head = nn.Conv2d(channels, num_slots, 1)
+        self.up_low = upsample_bn_relu(channels)
+        self.low_merge = conv_bn_relu(channels + c1, channels, 1)
+        self.low_block = conv_bn_relu(channels, channels, 1)
+        self.low_head = nn.Conv2d(channels, num_slots, 1)
+        self.up_seg = upsample_bn_relu(channels)
+        self.seg_merge = conv_bn_relu(channels + c0, channels, 1)
+        self.seg_head = nn.Conv2d(channels, 2, 1)
+        self.features_low = conv_bn_relu(c1, feature_size, 3, bias=False)
+        self.features_mid = conv_bn_relu(c2, feature_size, 3, bias=False)
+        self.sequence_low = BiLSTM(feature_size, feature_size, feature_size)
+        self.sequence_mid = BiLSTM(feature_size, feature_size, feature_size)
+
+    def forward(self, f0: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor, segmentation: bool = True) -> GlyphOutput:
+        """``segmentation=False`` skips the full-resolution branch, which only the losses need."""
+        hidden_mid = self.mid_block(self.reduce_mid(f2))
+        logits_mid = self.mid_head(hidden_mid)
+        hidden_low = self.low_block(self.low_merge(torch.cat([self.up_low(hidden_mid), f1], 1)))
+        logits_low = self.low_head(hidden_low)
+        seg_logits = None
+        if segmentation:
+            seg_logits = self.seg_head(self.seg_merge(torch.cat([self.up_seg(hidden_low), f0], 1)))
+        sequence_low = self.sequence_low(glyph_pooling(logits_low, self.features_low(f1)))
+        sequence_mid = self.sequence_mid(glyph_pooling(logits_mid, self.features_mid(f2)))
+        return GlyphOutput(logits_low, logits_mid, sequence_low, sequence_mid, seg_logits)
