@@ -242,7 +242,7 @@ class LmdbDataset(Dataset):
         try:
             image = Image.open(io.BytesIO(image_bytes))
             image = image.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
             return Skipped(self.path, index, f"undecodable image ({error.__class__.__name__})")
         mask = None
         if self.need_masks:
@@ -253,22 +253,34 @@ class LmdbDataset(Dataset):
             image, mask = self.augmenter(image, mask, self.rng)
         image_array = np.asarray(image.resize((self.img_w, self.img_h), Image.BICUBIC), dtype=np.uint8)
         if mask is not None:
-            mask = np.asarray(Image.fromarray(mask.astype(np.float32))
-                              .resize((self.img_w, self.img_h), Image.BICUBIC), dtype=np.float32)
+            mask = resize_mask(mask, (self.img_w, self.img_h))
         return Sample(image_array, mask, self.tokenizer.normalize(label))
 
     def _load_mask(self, index: int, image: Image.Image) -> np.ndarray | Skipped:
         """The stored mask (SPEC §1.4a) or, without a mask LMDB or key, the K-means rule (§1.5)."""
         raw = None if self.mask_path is None else self._read("_mask_env", self.mask_path, MASK_KEY % index)
         if raw is None:
-            return text_mask_from_pil(image, seed=self.kmeans_seed).astype(np.float32)
+            return text_mask_from_pil(image, seed=self.kmeans_seed)
         try:
-            mask = np.asarray(Image.open(io.BytesIO(raw)).convert("I"), dtype=np.float32)
+            mask = np.asarray(Image.open(io.BytesIO(raw)).convert("I"), dtype=np.int32)
         except (OSError, ValueError) as error:
             return Skipped(self.mask_path, index, f"undecodable mask ({error.__class__.__name__})")
         if mask.shape != (image.height, image.width):
             return Skipped(self.mask_path, index, f"mask size {mask.shape[::-1]} != image size {image.size}")
         return mask
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 mask resized to ``size`` = (W, H) with PIL bicubic (SPEC §1.7).
+
+    An integer {0,1} mask is resized as a 32-bit integer ("I") image, so its values stay integers as in
+    the official data path (golden ``io.pt`` masks); a float mask (after a geometric warp) as "F".
+    """
+    if np.issubdtype(mask.dtype, np.integer):
+        resized = Image.fromarray(mask.astype(np.int32)).resize(size, Image.BICUBIC)
+    else:
+        resized = Image.fromarray(mask.astype(np.float32)).resize(size, Image.BICUBIC)
+    return np.asarray(resized, dtype=np.float32)
 
 
 class Collate:
@@ -298,7 +310,7 @@ def mirror_mask_path(leaf: Path, image_root: Path, mask_root: str | os.PathLike 
     """The mask LMDB for ``leaf``: the same relative path under ``mask_root`` (SPEC bug #21 fixed)."""
     if mask_root is None:
         return None
-    return Path(mask_root) / leaf.resolve().relative_to(image_root.resolve())
+    return Path(mask_root) / os.path.relpath(leaf, image_root)  # unresolved: symlinked leaves keep their place
 
 
 def select_leaves(root: str | os.PathLike, selection: str) -> list[Path]:

@@ -15,8 +15,8 @@ from natsort import natsorted
 from PIL import Image, ImageOps
 
 from dataset import Collate, Sample
-from model import build_model
-from utils import Config, Tokenizer, load_checkpoint
+from model import build_model, is_official_checkpoint, official_model
+from utils import Config, Tokenizer, check_checkpoint, read_checkpoint_file
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 _GLOB_CHARS = frozenset("*?[")
@@ -26,16 +26,21 @@ _GLOB_CHARS = frozenset("*?[")
 # Models
 # --------------------------------------------------------------------------------------------------
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Tokenizer, Config]:
-    """Rebuild the model of a checkpoint written by ``train.py``, on ``device`` and in eval mode.
+    """Rebuild the model of a checkpoint written by ``train.py`` or of the authors' released SIGA_R
+    checkpoint (``{'net': ...}``), on ``device`` and in eval mode.
 
     The single place where checkpoints become models (test.py and demo.py both use it). Raises
     ``FileNotFoundError`` for a missing file and ``ValueError`` for something that is not a checkpoint.
     """
     try:
-        checkpoint = load_checkpoint(path, map_location="cpu")
+        raw = read_checkpoint_file(path, map_location="cpu")
     except (pickle.UnpicklingError, EOFError, RuntimeError) as error:  # not a torch file, truncated, or unsafe
         raise ValueError(f"{path}: not a readable checkpoint ({error.__class__.__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    if is_official_checkpoint(raw):
+        model, config = official_model(raw, path)
+        return model.to(device).eval(), Tokenizer.from_config(config), config
+    checkpoint = check_checkpoint(raw, path)
     config = Config.from_dict(checkpoint["config"])
     if checkpoint.get("charset"):
         tokenizer = Tokenizer(checkpoint["charset"], config.max_label_length, config.sensitive)

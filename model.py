@@ -17,7 +17,7 @@ from modules.fusion import GatedBimodal
 from modules.glyph_attention import GlyphAttentionNetwork
 from modules.sequence import bilstm_stack
 from modules.transformation import TPSRectifier
-from utils import Config, Tokenizer, make_config
+from utils import Config, Tokenizer, load_checkpoint, make_config, read_checkpoint_file
 
 
 @dataclass
@@ -194,6 +194,8 @@ def build_model(config: Config, tokenizer: Tokenizer | None = None) -> nn.Module
     tokenizer = tokenizer or Tokenizer.from_config(config)
     model = MODELS[config.model](config, tokenizer.num_classes)
     init_weights(model)
+    if config.freeze_tps:
+        model.transformation.freeze(statistics=config.freeze_tps_bn)
     return model
 
 
@@ -294,29 +296,29 @@ def official_config(state_dict: dict[str, torch.Tensor]) -> Config:
     raise ValueError(f"official SIGA_R with {num_classes} classes: give its charset explicitly")
 
 
-def load_official(path: str | Path, config: Config | None = None) -> tuple[SIGA_R, Config]:
-    """Build SIGA_R and load the authors' released checkpoint into it through OFFICIAL_NAME_MAP."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+def official_model(checkpoint: dict, source: str | Path = "official checkpoint",
+                   config: Config | None = None) -> tuple[SIGA_R, Config]:
+    """SIGA_R with the weights of an official checkpoint dict (``{'net': state_dict, ...}``)."""
     if not is_official_checkpoint(checkpoint):
-        raise ValueError(f"{path}: not an official SIGA_R checkpoint (expected a dict with 'net')")
+        raise ValueError(f"{source}: not an official SIGA_R checkpoint (expected a dict with 'net')")
     config = config or official_config(checkpoint["net"])
     model = build_model(config)
     try:
         model.load_state_dict(convert_official_state_dict(model, checkpoint["net"]))
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
+        raise ValueError(f"{source}: {error}") from error
     return model, config
 
 
-def load_tps(model: nn.Module, checkpoint_path: str | Path, freeze_statistics: bool = False) -> None:
-    """Copy the TPS localisation network of a checkpoint of this repo (TRBA or SIGA_R) into ``model``
-    and freeze it, as the paper's two-stage recipe does (SPEC §3.1, §7 #6). Every localisation tensor
-    of ``model`` must be present with the same shape."""
-    from utils import load_checkpoint
+def load_official(path: str | Path, config: Config | None = None) -> tuple[SIGA_R, Config]:
+    """Build SIGA_R and load the authors' released checkpoint file into it through OFFICIAL_NAME_MAP."""
+    return official_model(read_checkpoint_file(path), path, config)
 
+
+def load_tps(model: nn.Module, checkpoint_path: str | Path) -> None:
+    """Copy the TPS localisation network of a checkpoint of this repo (TRBA or SIGA_R) into ``model``
+    (SPEC §3.1, §7 #6): every localisation tensor of ``model`` must be present with the same shape.
+    Freezing is the config's ``freeze_tps``, so that a resumed run stays frozen."""
     source = load_checkpoint(checkpoint_path)["model"]
     prefix = "transformation.localization."
     target = model.transformation.localization.state_dict()
@@ -329,4 +331,3 @@ def load_tps(model: nn.Module, checkpoint_path: str | Path, freeze_statistics: b
             raise ValueError(f"{checkpoint_path}: {prefix + key} has shape {tuple(value.shape)}, "
                              f"this model expects {tuple(target[key].shape)}")
     model.transformation.localization.load_state_dict(found, strict=True)
-    model.transformation.freeze(statistics=freeze_statistics)

@@ -163,7 +163,7 @@ def write_predictions(path: str, results: list[SetResult]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py, or the authors' released SIGA_R checkpoint")
     parser.add_argument("--eval_data", required=True, help="one LMDB, or a root holding benchmark folders")
     parser.add_argument("--benchmark_all_eval", action="store_true",
                         help="evaluate only the benchmark list of SPEC §6 under --eval_data (no other LMDBs)")

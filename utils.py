@@ -56,6 +56,7 @@ class Config:
     siga_switch_iter: int = 20000  # iteration of the L_seg / λ switch
     align_weight_early: float = 1.0  # λ before the switch
     align_weight_late: float = 0.3  # λ from the switch on
+    freeze_tps: bool = False  # TPS excluded from training (set by --tps_from, the paper's two-stage recipe)
     freeze_tps_bn: bool = False  # keep the (frozen) TPS's BatchNorm statistics fixed in training (SPEC §7 #7)
     # optimisation (SPEC §5.2)
     batch_size: int = 384
@@ -361,15 +362,24 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by this repo (``weights_only=True``)."""
+def read_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` of a file that must exist."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def check_checkpoint(checkpoint: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """``checkpoint`` if it has the format ``train.py`` writes, else a ValueError naming ``path``."""
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise ValueError(f"{path}: not a checkpoint of this repository (expected keys 'model' and 'config')")
     return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by this repo (``weights_only=True``)."""
+    return check_checkpoint(read_checkpoint_file(path, map_location), path)
 
 
 def one_cycle_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.optim.lr_scheduler.OneCycleLR:

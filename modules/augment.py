@@ -297,11 +297,15 @@ class JointAugment:
 
     def __call__(self, image: Image.Image, mask: np.ndarray | None, rng: np.random.Generator
                  ) -> tuple[Image.Image, np.ndarray | None]:
-        """Augmented (RGB image, float32 mask at the image's new size, or None when ``mask`` is None)."""
+        """Augmented (RGB image, mask at the image's new size, or None when ``mask`` is None).
+
+        A geometric warp makes the mask float32 (interpolated edges); otherwise it keeps its dtype, so an
+        integer {0,1} mask is still resized as an integer image like the official data path (SPEC §1.7).
+        """
         if image.mode != "RGB":
             image = image.convert("RGB")
         if mask is not None:
-            mask = np.asarray(mask, dtype=np.float32)
+            mask = np.asarray(mask)
             if mask.shape != (image.height, image.width):
                 raise ValueError(f"mask shape {mask.shape} != image (h, w) {(image.height, image.width)}")
         if rng.random() < self.geometry_p:
@@ -309,7 +313,7 @@ class JointAugment:
             warp = GEOMETRY_BUILDERS[op](rng, image.height, image.width)
             image = Image.fromarray(warp.apply(np.asarray(image)))
             if mask is not None:
-                mask = warp.apply(mask)
+                mask = warp.apply(mask.astype(np.float32))
         if rng.random() < self.deterioration_p:
             image = Image.fromarray(self.deterioration(rng).apply(np.asarray(image), rng))
         if rng.random() < self.color_p:

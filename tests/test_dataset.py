@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import (Collate, LmdbDataset, LmdbWriter, RatioBatchSampler, Sample, Skipped, build_dataset_groups,
+from dataset import (Collate, LmdbDataset, LmdbWriter, RatioBatchSampler, Sample, Skipped, build_dataset_groups, resize_mask,
                      encode_png, mirror_mask_path, open_lmdb, select_leaves)
 from utils import IMAGENET_MEAN, IMAGENET_STD, Tokenizer, load_charset
 
@@ -104,7 +104,7 @@ def test_masks_from_lmdb_and_kmeans_fallback(tmp_path):
         exact = (images[0][..., 0] < 128).astype(np.uint8)
         writer.put("mask-%09d" % 1, encode_png(exact))  # index 2 missing → K-means
     dataset = LmdbDataset(tmp_path / "img", TOKENIZER, (12, 40), "train", need_masks=True,
-                          mask_path=tmp_path / "mask")
+                          mask_path=tmp_path / "mask", kmeans_seed=0)  # unseeded 2-means on a 2-level image is flaky
     stored, fallback = dataset[0], dataset[1]
     assert np.allclose(stored.mask, exact, atol=1e-5)  # same size: the bicubic resize keeps it
     assert np.allclose(fallback.mask, images[1][..., 0] < 128, atol=1e-5)
@@ -144,3 +144,16 @@ def test_ratio_batch_sampler_proportions():
     assert list(sampler) != batches
     with pytest.raises(ValueError, match="batch ratios"):
         RatioBatchSampler([5, 5], [1.0], 4)
+
+
+def test_train_sample_matches_official_data_path_on_golden_images():
+    """K-means at the original size, then the mask resized as an integer image: the official masks of
+    golden io.pt exactly (SPEC §1.4b/§1.7), for the same IIIT5k images read through the dataset."""
+    golden = torch.load(IIIT5K.parent / "golden" / "io.pt", weights_only=True)["inputs"]
+    train = LmdbDataset(IIIT5K, TOKENIZER, (32, 128), "train", need_masks=True, kmeans_seed=0)
+    for row, key in enumerate(golden["lmdb_keys"]):
+        sample = train[int(np.flatnonzero(train.indices == key)[0])]
+        assert sample.label == golden["labels"][row]
+        assert np.array_equal(sample.mask, golden["masks"][row, 0].numpy()), key
+        assert np.array_equal(resize_mask(golden["original_masks_uint8"][row].numpy().astype(np.int32), (128, 32)),
+                              golden["masks"][row, 0].numpy())
