@@ -13,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, RandomSampler
 from tqdm import tqdm
 
 from dataset import (Batch, Collate, RatioBatchSampler, build_dataset_groups, find_lmdb_leaves, infinite_batches,
                      make_eval_loader)
-from model import build_model
+from model import MODELS, ModelOutput, build_model, load_tps
 from modules.augment import JointAugment
-from modules.losses import recognition_loss
+from modules.losses import SigaLossSettings, recognition_loss, siga_loss_terms
 from utils import (Config, Tokenizer, atomic_save, evaluate, load_checkpoint, make_config, one_cycle_scheduler,
                    seed_everything, weighted_total)
 
@@ -44,7 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--charset", help="'36', '94' or a file with one character per line")
     data.add_argument("--sensitive", action="store_true", default=None, help="case-sensitive labels (charset 94)")
     model = parser.add_argument_group("model and optimisation")
-    model.add_argument("--model", choices=["TRBA"], help="architecture (default TRBA)")
+    model.add_argument("--model", choices=sorted(MODELS), help="architecture (default TRBA)")
+    model.add_argument("--tps_from", help="load the TPS of a TRBA/SIGA_R checkpoint of this repo and freeze it "
+                                          "(the paper's two-stage recipe); without it the TPS trains jointly")
+    model.add_argument("--freeze_tps_bn", action="store_true", default=None,
+                       help="with --tps_from: also keep the TPS BatchNorm statistics fixed (official: they update)")
+    model.add_argument("--siga_switch_iter", type=int,
+                       help="iteration of the SIGA loss switch: hard-sample L_seg and λ 1.0 → 0.3 (default 20000)")
     model.add_argument("--preset", default=None, choices=["paper", "demo", "tiny"],
                        help="size/schedule preset (default: paper with data arguments, demo without)")
     model.add_argument("--batch_size", type=int, help="per-process batch size")
@@ -64,6 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resume and args.finetune:
         parser.error("--resume and --finetune are mutually exclusive")
+    if args.freeze_tps_bn and not args.tps_from:
+        parser.error("--freeze_tps_bn needs --tps_from (a TPS that trains jointly keeps its BatchNorms live)")
+    if args.tps_from and (args.resume or args.finetune):
+        parser.error("--tps_from starts a new run; --resume/--finetune already carry the TPS weights")
     if (args.train_data is None) != (args.valid_data is None):
         parser.error("give both --train_data and --valid_data, or neither (built-in synthetic demo data)")
     return args
@@ -74,9 +85,11 @@ def build_config(args: argparse.Namespace) -> Config:
         return Config.from_dict(load_checkpoint(args.resume)["config"])
     preset = args.preset or "paper"
     names = ["model", "batch_size", "num_iter", "lr", "grad_clip", "max_label_length", "seed", "valid_interval",
-             "save_interval",
-             "workers", "augment", "aug_mode", "charset", "sensitive"]
+             "save_interval", "workers", "augment", "aug_mode", "charset", "sensitive", "freeze_tps_bn",
+             "siga_switch_iter"]
     overrides = {name: getattr(args, name) for name in names}
+    if args.tps_from:
+        overrides["freeze_tps"] = True
     if args.sensitive and args.charset is None:
         overrides["charset"] = "94"
     return make_config(preset, **overrides)
@@ -128,6 +141,37 @@ def validate(model: torch.nn.Module, loaders: dict[str, DataLoader], tokenizer: 
     return results, weighted_total(results.values())
 
 
+def loss_settings(config: Config) -> SigaLossSettings:
+    """The SIGA loss constants of a config (SPEC §7 #28)."""
+    return SigaLossSettings(
+        mask_threshold=config.mask_threshold, foreground_threshold=config.foreground_threshold,
+        glyph_foreground_threshold=config.glyph_foreground_threshold,
+        glyph_attention_threshold=config.glyph_attention_threshold, sharpen_slope=config.sharpen_slope,
+        sharpen_offset=config.sharpen_offset, hard_sample_threshold=config.hard_sample_threshold,
+        switch_iter=config.siga_switch_iter, align_weight_early=config.align_weight_early,
+        align_weight_late=config.align_weight_late)
+
+
+def training_loss(output: ModelOutput, targets: torch.Tensor, lengths: torch.Tensor, iteration: int,
+                  settings: SigaLossSettings, num_steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The total loss and its named terms: a CE per recognition head and, for SIGA_R, the SIGA losses
+    (SPEC §4.6). ``num_steps`` = S: the attention maps of a step-truncated batch are padded back to
+    S columns for the glyph pseudo-labels (the padded steps are past every label and get no label)."""
+    terms = {f"ce_{name}": recognition_loss(logits, targets, lengths) for name, logits in output.auxiliary_logits.items()}
+    terms["ce_final"] = recognition_loss(output.logits, targets, lengths)
+    total = torch.stack(list(terms.values())).sum()
+    if output.seg_logits is None:
+        return total, terms
+    attention = F.pad(output.attention, (0, num_steps - output.attention.shape[2]))
+    siga = siga_loss_terms(output.rectified_mask, output.seg_logits, attention, output.glyph_logits_low,
+                           output.glyph_logits_mid, lengths, iteration, settings)
+    terms.update(seg=siga.seg, align=siga.align.total, align_ce=siga.align.cross_entropy,
+                 align_orthogonality=siga.align.orthogonality, glyph_low=siga.low.total, glyph_low_ce=siga.low.cross_entropy,
+                 glyph_low_dice=siga.low.dice, glyph_mid=siga.mid.total, glyph_mid_ce=siga.mid.cross_entropy,
+                 glyph_mid_dice=siga.mid.dice)
+    return total + siga.total, terms
+
+
 def save_checkpoint(path: Path, model, optimizer, scheduler, iteration: int, config: Config, tokenizer: Tokenizer,
                     best_accuracy: float) -> None:
     atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -145,7 +189,10 @@ def train(args: argparse.Namespace) -> dict:
     seed_everything(config.seed)
     device = torch.device(args.device)
     tokenizer = Tokenizer.from_config(config)
-    model = build_model(config, tokenizer).to(device)
+    model = build_model(config, tokenizer)
+    if args.tps_from:
+        load_tps(model, args.tps_from)
+    model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
     scheduler = one_cycle_scheduler(optimizer, config)
@@ -176,6 +223,7 @@ def train(args: argparse.Namespace) -> dict:
     print(f"model {config.model}: {sum(p.numel() for p in model.parameters()):,} parameters "
           f"({sum(p.numel() for p in trainable):,} trainable); run dir {run_dir}")
 
+    settings = loss_settings(config)
     batches = infinite_batches(train_loader)
     skipped_total = 0
     last_accuracy = None
@@ -200,7 +248,7 @@ def train(args: argparse.Namespace) -> dict:
         images = batch.images.to(device, non_blocking=True)
         masks = batch.masks.to(device, non_blocking=True) if batch.masks is not None else None
         output = model(images, ids[:, :-1], masks)
-        loss = recognition_loss(output.logits, ids[:, 1:], lengths)
+        loss, terms = training_loss(output, ids[:, 1:], lengths, iteration, settings, config.num_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
@@ -215,6 +263,9 @@ def train(args: argparse.Namespace) -> dict:
             loss_value = loss.item()
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{window_images / elapsed:.0f}")
             writer.add_scalar("train/loss", loss_value, step)
+            if len(terms) > 1:
+                for name, value in terms.items():
+                    writer.add_scalar(f"train/{name}", value.item(), step)
             writer.add_scalar("train/lr", lr, step)
             writer.add_scalar("train/images_per_second", window_images / elapsed, step)
             window_start, window_images = time.perf_counter(), 0

@@ -108,7 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         tps_channels=(16, 32, 64, 128), tps_fc=64,
         backbone_channels=(16, 16, 32, 64, 96, 128), backbone_blocks=(1, 1, 1, 1, 1, 1, 1),
         hidden_size=96, glyph_channels=32, batch_size=32, num_iter=4000, lr=1e-3, pct_start=0.15, augment=False, workers=1,
-        valid_interval=500,
+        valid_interval=500, siga_switch_iter=500,  # the paper switches at 1/8 of its schedule
     ),
     # Smallest working network, for tests.
     "tiny": dict(

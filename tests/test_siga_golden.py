@@ -113,3 +113,24 @@ def test_eval_mode_teacher_forced_matches_official(golden_model, io_data, dtype,
 def test_train_mode_forward_matches_official(golden_model, io_data, dtype, tolerance):
     out = _train_forward(golden_model, io_data, dtype, train_mode=True)
     _check_teacher_forced(out, io_data["train_f64"], tolerance, with_maps=True)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
+def test_train_mode_loss_terms_match_official(golden_model, io_data, dtype, rtol):
+    """Whole model → every loss term, as train.py computes them, at it = 100 and 30000 (λ 1.0 / 0.3)."""
+    from train import loss_settings, training_loss
+
+    out = _train_forward(golden_model, io_data, dtype, train_mode=True)
+    inputs = io_data["inputs"]
+    targets, lengths = inputs["text_ids"][:, 1:], inputs["length"].long()
+    settings = loss_settings(make_config("paper", model="SIGA_R"))
+    for iteration in ("100", "30000"):
+        expected = io_data["losses_f64"][iteration]
+        total, terms = training_loss(out, targets, lengths, int(iteration), settings, 26)
+        for name, head in {**HEADS, "P_final": "final"}.items():
+            assert terms[f"ce_{head}"].item() == pytest.approx(expected["CE"][name], rel=rtol), name
+        assert terms["seg"].item() == pytest.approx(expected["L_seg"], rel=rtol)
+        assert terms["align"].item() == pytest.approx(expected["L_align"], rel=rtol if dtype == torch.float64 else 1e-3)
+        assert terms["glyph_low"].item() == pytest.approx(expected["L_low"], rel=rtol)
+        assert terms["glyph_mid"].item() == pytest.approx(expected["L_mid"], rel=rtol)
+        assert total.item() == pytest.approx(expected["total"], rel=rtol)

@@ -1,12 +1,15 @@
 """End-to-end runs of train.py: a few steps, resume, finetune, corrupt data and bad paths."""
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import lmdb
 import pytest
+import torch
+from PIL import Image
 
 from dataset import LmdbWriter
 from tools.synth import write_synth_lmdb
@@ -21,6 +24,21 @@ def data(tmp_path_factory):
     write_synth_lmdb(root / "train" / "synth", root / "masks" / "synth", 48, seed=5, workers=1, progress=False)
     write_synth_lmdb(root / "val" / "synth_val", root / "val_masks", 12, seed=6, workers=1, progress=False)
     return root
+
+
+def scalar_tags(log_dir: Path) -> set[str]:
+    """Scalar tags of the TensorBoard event files under ``log_dir`` (TFRecord framing of Event protos)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    tags = set()
+    for path in log_dir.rglob("events.out.tfevents.*"):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            length = struct.unpack("<Q", data[offset: offset + 8])[0]
+            event = Event.FromString(data[offset + 12: offset + 12 + length])
+            tags.update(value.tag for value in event.summary.value)
+            offset += 12 + length + 4
+    return tags
 
 
 def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -81,3 +99,40 @@ def test_bad_paths_are_clear_errors(tmp_path):
     assert missing.returncode != 0 and "nope" in missing.stderr and "does not exist" in missing.stderr
     half = run_train("--train_data", str(tmp_path), cwd=tmp_path)
     assert half.returncode != 0 and "--valid_data" in half.stderr
+
+
+def test_siga_r_train_test_demo_and_tps_from(data, tmp_path):
+    """SIGA_R end to end: masks from the mask LMDB, every loss term logged, then test.py and demo.py
+    on its checkpoint, then the two-stage recipe (a TRBA's TPS, frozen) with an early loss switch."""
+    trba = run_train(*common_args(data, tmp_path), "--num_iter", "2", "--valid_interval", "2", "--exp_name", "trba",
+                     cwd=tmp_path)
+    assert trba.returncode == 0, trba.stderr[-3000:]
+    siga = run_train(*common_args(data, tmp_path), "--model", "SIGA_R", "--mask_root", str(data / "masks"),
+                     "--num_iter", "4", "--valid_interval", "4", "--exp_name", "siga", "--siga_switch_iter", "2",
+                     "--tps_from", str(tmp_path / "trba" / "last.pth"), "--freeze_tps_bn", cwd=tmp_path)
+    assert siga.returncode == 0, siga.stderr[-3000:]
+    assert "[4/4]" in siga.stdout and "K-means" not in siga.stderr  # the stored masks were found
+    checkpoint = load_checkpoint(tmp_path / "siga" / "last.pth")
+    assert checkpoint["config"]["model"] == "SIGA_R" and checkpoint["config"]["freeze_tps"]
+    assert checkpoint["config"]["siga_switch_iter"] == 2
+    trba_tps = load_checkpoint(tmp_path / "trba" / "last.pth")["model"]
+    tps_keys = [k for k in trba_tps if k.startswith("transformation.localization.") and "num_batches" not in k]
+    assert len(tps_keys) == 24 and all(torch.equal(trba_tps[k], checkpoint["model"][k]) for k in tps_keys)
+
+    tags = scalar_tags(tmp_path / "siga" / "tensorboard")
+    for name in ("ce_one_d", "ce_trba", "ce_position_low", "ce_position_mid", "ce_fusion_low", "ce_fusion_mid",
+                 "ce_final", "seg", "align", "align_ce", "align_orthogonality", "glyph_low", "glyph_low_ce",
+                 "glyph_low_dice", "glyph_mid", "glyph_mid_ce", "glyph_mid_dice"):
+        assert f"train/{name}" in tags, name
+
+    tested = subprocess.run([sys.executable, str(ROOT / "test.py"), "--checkpoint", str(tmp_path / "siga" / "last.pth"),
+                             "--eval_data", str(data / "val"), "--device", "cpu"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "SIGA_R" in tested.stdout and "12" in tested.stdout
+    image = tmp_path / "word.png"
+    Image.new("RGB", (100, 32), (230, 230, 230)).save(image)
+    demo = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--checkpoint", str(tmp_path / "siga" / "last.pth"),
+                           "--images", str(image), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert "word.png" in demo.stdout

@@ -1,0 +1,158 @@
+"""SIGA_R structure: shapes and parameter counts (SPEC §3.11, §13), the official name map, official
+checkpoint files, the inference path (what it skips, early stop) and the TPS transfer of --tps_from."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from golden import OFFICIAL_KEYS, official_rule_state_dict, official_shapes
+from inference import load_model
+from model import (OFFICIAL_IGNORED, SIGA_R, build_model, convert_official_state_dict, load_official, load_tps,
+                   official_name)
+from utils import Tokenizer, atomic_save, make_config
+
+count = lambda module: sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def paper_siga():
+    torch.manual_seed(0)
+    return build_model(make_config("paper", model="SIGA_R"))
+
+
+def test_paper_shapes(paper_siga):
+    model = paper_siga.train()
+    ids, _ = Tokenizer("abcdefghijklmnopqrstuvwxyz1234567890").encode(["kumar", "the", "kishtwar", "a"])
+    with torch.no_grad():
+        out = model(torch.randn(4, 3, 32, 128), ids[:, :-1], torch.rand(4, 1, 32, 128))
+    assert out.logits.shape == (4, 26, 37) and out.attention.shape == (4, 32, 26)
+    assert set(out.auxiliary_logits) == {"one_d", "trba", "position_low", "position_mid", "fusion_low", "fusion_mid"}
+    assert all(v.shape == (4, 26, 37) for v in out.auxiliary_logits.values())
+    assert out.seg_logits.shape == (4, 2, 32, 128) and out.rectified_mask.shape == (4, 1, 32, 128)
+    assert out.glyph_logits_mid.shape == (4, 27, 8, 32) and out.glyph_logits_low.shape == (4, 27, 16, 64)
+    model.eval()
+    with torch.no_grad():
+        greedy = model(torch.randn(2, 3, 32, 128), early_stop=False)
+    assert greedy.logits.shape == (2, 26, 37) and greedy.auxiliary_logits["fusion_mid"].shape == (2, 26, 37)
+
+
+def test_paper_parameter_counts(paper_siga):
+    """SPEC §3.11 without the unused downsampler Linear(512→256) (131,328), which we omit (§7 #18)."""
+    m = paper_siga
+    assert count(m) == 46_598_019 - 131_328
+    assert count(m.glyph) == 4_062_776
+    assert count(m.glyph.sequence_low) + count(m.glyph.sequence_mid) == 2_368_000
+    assert count(m.position_decoder_low) == count(m.position_decoder_mid) == 807_717
+    assert count(m.fusion_decoder_low) == count(m.fusion_decoder_mid) == 1_070_629
+    assert count(m.fusion) == 131_328 and count(m.projection) == 131_584
+    assert count(m.final_decoder) == 2_654_245
+    assert count(m.alignment_decoder) == count(m.trba_decoder) == 939_301
+    frozen = build_model(make_config("paper", model="SIGA_R", freeze_tps=True))
+    assert sum(p.numel() for p in frozen.parameters() if p.requires_grad) == 44_904_475 - 131_328
+    assert count(build_model(make_config("paper", model="SIGA_R", charset="94", sensitive=True))) == 46_821_145 - 131_328
+
+
+def test_name_map_covers_the_official_state_dict_exactly(paper_siga):
+    ours = {official_name(key) for key in paper_siga.state_dict()}
+    official = {key for key in official_shapes() if not key.startswith(OFFICIAL_IGNORED)}
+    assert len(official_shapes()) == 586 and ours == official
+    assert len(ours) == len(paper_siga.state_dict())  # one-to-one
+
+
+def test_conversion_errors_list_the_keys(paper_siga):
+    state = dict(official_rule_state_dict())
+    del state["module.model_two.pw.bias"]
+    state["module.model_two.extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"1 missing keys \['model_two.pw.bias'\].*1 unexpected keys "
+                                         r"\['model_two.extra.weight'\]"):
+        convert_official_state_dict(paper_siga, state)
+    state = dict(official_rule_state_dict())
+    state["module.model_two.pw.bias"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="model_two.pw.bias: official shape"):
+        convert_official_state_dict(paper_siga, state)
+
+
+def test_official_checkpoint_file_loads_in_test_and_demo(tmp_path):
+    """The released format {'net': DDP state_dict, 'optimizer', 'iteration'} loads with no other input."""
+    path = tmp_path / "SIGA_R.pth"
+    atomic_save({"net": official_rule_state_dict(), "optimizer": {}, "iteration": 160000}, path)
+    model, config = load_official(path)
+    assert isinstance(model, SIGA_R) and config.model == "SIGA_R"
+    expected = official_rule_state_dict()["module.model_two.generator.generator.weight"]
+    assert torch.equal(model.final_decoder.generator.weight, expected)
+    loaded, tokenizer, _ = load_model(path)
+    assert not loaded.training and tokenizer.charset == "abcdefghijklmnopqrstuvwxyz1234567890"
+    broken = tmp_path / "broken.pth"
+    state = dict(official_rule_state_dict())
+    del state["module.model_one.Prediction.generator.bias"]
+    atomic_save({"net": state}, broken)
+    with pytest.raises(ValueError, match=r"broken.pth: .*model_one.Prediction.generator.bias"):
+        load_model(broken)
+
+
+def test_greedy_runs_only_the_needed_path():
+    """SPEC §3.10 / §7 #17: no 1-D branch, TRBA decoder, 2-D heads or full-resolution seg head at test."""
+    model = build_model(make_config("tiny", model="SIGA_R")).eval()
+    called = set()
+    for name in ("alignment_sequence", "alignment_decoder", "trba_decoder", "position_decoder_low",
+                 "position_decoder_mid", "glyph.seg_head", "glyph.up_seg", "sequence", "final_decoder"):
+        model.get_submodule(name).register_forward_hook(lambda *_, name=name: called.add(name))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 128))
+    assert called == {"sequence"}  # final_decoder runs step by step through .step(), not forward()
+
+
+class EndsAt(torch.nn.Module):
+    """Wraps a generator so that sample b emits EOS from greedy step ``ends[b]`` on (counts its calls)."""
+
+    def __init__(self, generator: torch.nn.Linear, ends: list[int]):
+        super().__init__()
+        self.generator, self.ends, self.calls = generator, torch.tensor(ends), 0
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.generator(hidden).clone()
+        logits[:, 0] += 100.0 * (self.ends <= self.calls)
+        self.calls += 1
+        return logits
+
+
+def test_greedy_early_stop_matches_full_decode():
+    torch.manual_seed(1)
+    config = make_config("tiny", model="SIGA_R")
+    tokenizer = Tokenizer.from_config(config)
+    model = build_model(config, tokenizer).eval()
+    images, ends = torch.randn(4, 3, 32, 128), [2, 5, 3, 4]
+    linear = model.final_decoder.generator
+    with torch.no_grad():
+        model.final_decoder.generator = EndsAt(linear, ends)
+        early = model(images)
+        model.final_decoder.generator = EndsAt(linear, ends)
+        full = model(images, early_stop=False)
+    assert early.logits.shape[1] == 6 and full.logits.shape[1] == config.num_steps  # stops after the last EOS
+    assert [len(t) for t in tokenizer.decode(early.logits)[0]] == ends
+    assert tokenizer.decode(early.logits)[0] == tokenizer.decode(full.logits)[0]
+    assert torch.allclose(early.logits, full.logits[:, :6], atol=1e-6)
+    assert torch.allclose(early.auxiliary_logits["fusion_low"], full.auxiliary_logits["fusion_low"][:, :6], atol=1e-6)
+
+
+def test_tps_from_loads_all_localisation_tensors_and_freezes(tmp_path):
+    trba = build_model(make_config("tiny"))
+    with torch.no_grad():
+        for p in trba.transformation.parameters():
+            p.normal_()
+    atomic_save({"model": trba.state_dict(), "config": {}}, tmp_path / "trba.pth")
+    config = make_config("tiny", model="SIGA_R", freeze_tps=True, freeze_tps_bn=True)
+    siga = build_model(config)
+    load_tps(siga, tmp_path / "trba.pth")
+    source, target = trba.transformation.state_dict(), siga.transformation.state_dict()
+    assert len(target) == 28 and all(torch.equal(source[k], target[k]) for k in target)
+    assert not any(p.requires_grad for p in siga.transformation.parameters())
+    assert any(p.requires_grad for p in siga.backbone.parameters())
+    siga.train()
+    assert not siga.transformation.localization.training and siga.backbone.training
+    live = build_model(make_config("tiny", model="SIGA_R", freeze_tps=True)).train()
+    assert live.transformation.localization.conv[1].training  # official: frozen TPS, live BN statistics (§7 #7)
+    partial = {k: v for k, v in trba.state_dict().items() if "localization_fc2" not in k}
+    atomic_save({"model": partial, "config": {}}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="missing TPS tensors.*localization_fc2"):
+        load_tps(siga, tmp_path / "partial.pth")
