@@ -1,0 +1,120 @@
+"""tools/visualize.py: one readable PNG per image from a tiny SIGA_R checkpoint, a clear refusal of TRBA,
+and the shapes of the maps it draws."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import render_word
+from inference import load_image, load_model
+from model import build_model
+from tools.visualize import analyse, main, unique_output
+from train import loss_settings
+from utils import Tokenizer, atomic_save, make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ["hello", "Street"]
+
+
+def run_visualize(*args) -> subprocess.CompletedProcess:
+    """``python -m tools.visualize`` from the repository root on one intra-op thread (the model is tiny,
+    and OpenMP threads contending for a busy machine's cores only slow it down)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "tools.visualize", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def save_tiny(path: Path, model_name: str) -> Path:
+    """A freshly initialised tiny ``model_name`` in train.py's checkpoint format."""
+    config = make_config("tiny", model=model_name)
+    tokenizer = Tokenizer.from_config(config)
+    model = build_model(config, tokenizer)
+    atomic_save({"model": model.state_dict(), "config": config.to_dict(), "charset": tokenizer.charset}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> SimpleNamespace:
+    """Tiny SIGA_R and TRBA checkpoints and two rendered word images of different sizes."""
+    directory = tmp_path_factory.mktemp("visualize")
+    torch.manual_seed(0)
+    images = []
+    for word, size in zip(WORDS, [(100, 32), (150, 40)]):
+        path = directory / f"{word.lower()}.png"
+        render_word(word, size).save(path)
+        images.append(path)
+    return SimpleNamespace(siga=save_tiny(directory / "siga.pth", "SIGA_R"),
+                           trba=save_tiny(directory / "trba.pth", "TRBA"), images=images)
+
+
+@pytest.fixture
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_one_png_per_image(files, tmp_path):
+    out_dir = tmp_path / "graph"
+    result = run_visualize("--checkpoint", files.siga, "--images", *files.images, "--out_dir", out_dir,
+                           "--labels", *WORDS, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stdout.splitlines()) == len(files.images)
+    assert "'Street' is 'street'" in result.stderr  # the case-insensitive charset's normalisation is reported
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{p.stem}.png" for p in files.images)
+    for image_path in files.images:
+        png = out_dir / f"{image_path.stem}.png"
+        assert png.stat().st_size > 10_000
+        with Image.open(png) as figure:
+            assert figure.format == "PNG"
+            width, height = figure.size
+            figure.load()
+        assert width >= 800 and 600 <= height <= 3000
+
+
+def test_trba_checkpoint_is_refused(files, tmp_path):
+    out_dir = tmp_path / "graph"
+    result = run_visualize("--checkpoint", files.trba, "--images", files.images[0], "--out_dir", out_dir,
+                           "--device", "cpu")
+    assert result.returncode != 0
+    assert "TRBA" in result.stderr and "needs SIGA_R" in result.stderr
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_label_count_must_match(files, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(files.siga), "--images", *map(str, files.images), "--out_dir", str(tmp_path),
+              "--labels", "hello", "--device", "cpu"])
+    assert exit_.value.code != 0
+    assert "1 label(s) for 2 image(s)" in capsys.readouterr().err
+
+
+def test_analyse_shapes_without_label(files, single_thread):
+    model, tokenizer, config = load_model(files.siga, "cpu")
+    view = analyse(model, tokenizer, config, load_image(files.images[1]), None, loss_settings(config), 0,
+                   torch.device("cpu"))
+    chars = len(view.chars)
+    # teacher-forced with the prediction, cut to N_max (a prediction without EOS has S = N_max + 1 characters)
+    assert view.chars == view.prediction[: tokenizer.max_label_length]
+    assert view.input_rgb.shape == view.rectified_rgb.shape == (config.img_h, config.img_w, 3)
+    assert view.warped_mask.shape == view.foreground_prob.shape == view.foreground.shape == (config.img_h, config.img_w)
+    assert view.attention.shape == (chars + 1, config.img_w // 4)
+    glyph_size = (config.img_h // 2, config.img_w // 2)
+    assert view.pseudo_labels.shape == view.glyph_argmax.shape == view.glyph_foreground.shape == glyph_size
+    assert view.glyph_probs.shape == (chars, *glyph_size)
+    assert 0 <= view.pseudo_labels.min() and view.pseudo_labels.max() <= chars  # no slot past the transcript
+    assert view.num_slots == config.max_label_length + 2
+
+
+def test_unique_output_names(tmp_path):
+    used: set[str] = set()
+    names = [unique_output(tmp_path, stem, used).name for stem in ["word", "word", "other", "word"]]
+    assert names == ["word.png", "word_2.png", "other.png", "word_3.png"]
