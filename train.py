@@ -162,6 +162,8 @@ def training_loss(output: ModelOutput, targets: torch.Tensor, lengths: torch.Ten
     total = torch.stack(list(terms.values())).sum()
     if output.seg_logits is None:
         return total, terms
+    if output.rectified_mask is None:
+        raise ValueError("SIGA_R's losses need the text masks: pass masks to the teacher-forced forward")
     attention = F.pad(output.attention, (0, num_steps - output.attention.shape[2]))
     siga = siga_loss_terms(output.rectified_mask, output.seg_logits, attention, output.glyph_logits_low,
                            output.glyph_logits_mid, lengths, iteration, settings)
