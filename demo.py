@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-from inference import expand_image_paths, load_image, load_model, recognize
+from inference import expand_image_paths, load_image, load_model_for_cli, recognize
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -31,23 +30,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        parser.error(f"checkpoint not found: {args.checkpoint}")
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:
-        parser.error(f"device {args.device!r} is not usable: {error}")
+    model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device)
     paths, unmatched = expand_image_paths(args.images)
     for spec in unmatched:
         print(f"warning: {spec}: no such file, or no image files match", file=sys.stderr)
     if not paths:
         print("error: no image files found", file=sys.stderr)
         return 1
-    try:
-        model, tokenizer, config = load_model(args.checkpoint, device)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        parser.error(f"cannot load checkpoint {args.checkpoint}: {error}")
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
 
     read = 0

@@ -2,6 +2,7 @@
 loading image files of any PIL mode, and preprocessing them exactly like the LMDB datasets do."""
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import pickle
@@ -53,6 +54,24 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
         raise ValueError(f"{path}: weights do not fit the {config.model} model its config describes: {error}") from error
     model.to(device).eval()
     return model, tokenizer, config
+
+
+def load_model_for_cli(parser: argparse.ArgumentParser, checkpoint: str, device_name: str
+                       ) -> tuple[torch.nn.Module, Tokenizer, Config, torch.device]:
+    """``load_model`` for an entry point: a missing file, an unusable device or an unloadable checkpoint
+    ends the program through ``parser.error`` with a message naming it."""
+    if not Path(checkpoint).is_file():
+        parser.error(f"checkpoint not found: {checkpoint}")
+    try:
+        device = torch.device(device_name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        parser.error(f"device {device_name!r} is not usable: {error}")
+    try:
+        model, tokenizer, config = load_model(checkpoint, device)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        parser.error(f"cannot load checkpoint {checkpoint}: {error}")
+    return model, tokenizer, config, device
 
 
 # --------------------------------------------------------------------------------------------------

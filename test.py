@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from dataset import Collate, LmdbDataset, find_lmdb_leaves, is_lmdb_dir
-from inference import load_model
+from inference import load_model_for_cli
 from utils import EvalResult, benchmark_normalize, evaluate, weighted_total
 
 BENCHMARKS = ("IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015", "IC15_1811", "IC15_2077",
@@ -183,23 +183,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        parser.error(f"checkpoint not found: {args.checkpoint}")
     if not Path(args.eval_data).exists():
         parser.error(f"evaluation data not found: {args.eval_data}")
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:
-        parser.error(f"device {args.device!r} is not usable: {error}")
     try:
         eval_sets, missing = resolve_eval_sets(args.eval_data, args.benchmark_all_eval)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    try:
-        model, tokenizer, config = load_model(args.checkpoint, device)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        parser.error(f"cannot load checkpoint {args.checkpoint}: {error}")
+    model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device)
     batch_size = args.batch_size or config.eval_batch_size
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
 

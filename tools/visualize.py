@@ -47,7 +47,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from dataset import resize_mask
-from inference import expand_image_paths, load_image, load_model, preprocess
+from inference import expand_image_paths, load_image, load_model_for_cli, preprocess
 from mask_create.kmeans import text_mask_from_pil
 from model import SIGA_R
 from modules.losses import SigaLossSettings, glyph_pseudo_labels, predicted_foreground
@@ -274,13 +274,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        parser.error(f"checkpoint not found: {args.checkpoint}")
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:
-        parser.error(f"device {args.device!r} is not usable: {error}")
+    model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device)
     paths, unmatched = expand_image_paths(args.images)
     for spec in unmatched:
         print(f"warning: {spec}: no such file, or no image files match", file=sys.stderr)
@@ -289,10 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.labels is not None and len(args.labels) != len(paths):
         parser.error(f"--labels gives {len(args.labels)} label(s) for {len(paths)} image(s)")
-    try:
-        model, tokenizer, config = load_model(args.checkpoint, device)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        parser.error(f"cannot load checkpoint {args.checkpoint}: {error}")
     if not isinstance(model, SIGA_R):
         parser.error(f"{args.checkpoint} is a {config.model} checkpoint; visualize needs SIGA_R, whose segmentation "
                      f"and glyph attention maps it draws ({config.model} has none)")
