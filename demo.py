@@ -8,11 +8,12 @@ could be read.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 
 import torch
 
-from inference import expand_image_paths, load_image, load_model_for_cli, recognize
+from inference import expand_image_paths, load_model_for_cli, readable_images, recognize, unreadable_report
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -40,27 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
 
     read = 0
-    for start in range(0, len(paths), args.batch_size):
-        names, images = [], []
-        for path in paths[start : start + args.batch_size]:
-            try:
-                images.append(load_image(path))
-                names.append(path)
-            except Exception as error:  # any decoding failure of one file: report it and go on
-                print(f"skipped {path}: unreadable image ({error.__class__.__name__}: {error})", file=sys.stderr)
-        if not images:
-            continue
+    readable = readable_images(paths)
+    while batch := list(itertools.islice(readable, args.batch_size)):
+        names, images = zip(*batch)
         read += len(images)
-        recognitions = recognize(model, tokenizer, config, images, device, args.batch_size, amp_dtype)
+        recognitions = recognize(model, tokenizer, config, list(images), device, args.batch_size, amp_dtype)
         for name, recognition in zip(names, recognitions):
             print(f"{name}\t{recognition.text}\t{recognition.confidence:.4f}", flush=True)
-    if read == 0:
-        print(f"error: none of the {len(paths)} file(s) could be read as an image", file=sys.stderr)
-        return 1
-    if read < len(paths):
-        print(f"{len(paths) - read} of {len(paths)} file(s) skipped", file=sys.stderr)
-    return 0
-
+    return unreadable_report(read, len(paths))
 
 if __name__ == "__main__":
     sys.exit(main())

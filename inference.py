@@ -6,9 +6,10 @@ import argparse
 import glob
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -166,6 +167,27 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         except Exception:  # a malformed EXIF block must not make an otherwise fine image unreadable
             upright = image
         return to_rgb(upright).copy()
+
+
+def readable_images(paths: Sequence[str]) -> Iterator[tuple[str, Image.Image]]:
+    """(path, RGB image) for every file that decodes; any other file is reported on stderr and skipped."""
+    for path in paths:
+        try:
+            image = load_image(path)
+        except Exception as error:  # any decoding failure of one file: report it and go on
+            print(f"skipped {path}: unreadable image ({error.__class__.__name__}: {error})", file=sys.stderr)
+            continue
+        yield path, image
+
+
+def unreadable_report(read: int, total: int) -> int:
+    """The exit status of a CLI that read ``read`` of ``total`` image files, saying what was skipped."""
+    if read == 0:
+        print(f"error: none of the {total} file(s) could be read as an image", file=sys.stderr)
+        return 1
+    if read < total:
+        print(f"{total - read} of {total} file(s) skipped", file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------

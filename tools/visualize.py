@@ -47,7 +47,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from dataset import resize_mask
-from inference import expand_image_paths, load_image, load_model_for_cli, preprocess
+from inference import expand_image_paths, load_model_for_cli, preprocess, readable_images, unreadable_report
 from mask_create.kmeans import text_mask_from_pil
 from model import SIGA_R
 from modules.losses import SigaLossSettings, glyph_pseudo_labels, predicted_foreground
@@ -292,13 +292,9 @@ def main(argv: list[str] | None = None) -> int:
 
     used: set[str] = set()
     written = 0
-    for index, path in enumerate(paths):
-        try:
-            image = load_image(path)
-        except Exception as error:  # any decoding failure of one file: report it and go on
-            print(f"skipped {path}: unreadable image ({error.__class__.__name__}: {error})", file=sys.stderr)
-            continue
-        label = None if args.labels is None else args.labels[index]
+    labels = dict(zip(paths, args.labels)) if args.labels is not None else {}
+    for path, image in readable_images(paths):
+        label = labels.get(path)
         view = analyse(model, tokenizer, config, image, label, settings, args.kmeans_seed, device)
         if label is not None and view.chars != label:
             print(f"note: {path}: label {label!r} is {view.chars!r} for this model's charset", file=sys.stderr)
@@ -306,12 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         render(view, figure_title(Path(path).name, view), output)
         written += 1
         print(f"{path}\t{view.prediction}\t{output}", flush=True)
-    if written == 0:
-        print(f"error: none of the {len(paths)} file(s) could be read as an image", file=sys.stderr)
-        return 1
-    if written < len(paths):
-        print(f"{len(paths) - written} of {len(paths)} file(s) skipped", file=sys.stderr)
-    return 0
+    return unreadable_report(written, len(paths))
 
 
 if __name__ == "__main__":
