@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from inference import expand_image_paths, load_model_for_cli, readable_images, recognize, unreadable_report
+from inference import image_paths_for_cli, load_model_for_cli, readable_images, recognize, unreadable_report
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -32,11 +32,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device)
-    paths, unmatched = expand_image_paths(args.images)
-    for spec in unmatched:
-        print(f"warning: {spec}: no such file, or no image files match", file=sys.stderr)
+    paths = image_paths_for_cli(args.images)
     if not paths:
-        print("error: no image files found", file=sys.stderr)
         return 1
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
 

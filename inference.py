@@ -169,6 +169,17 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         return to_rgb(upright).copy()
 
 
+def image_paths_for_cli(specs: Iterable[str]) -> list[str]:
+    """``expand_image_paths`` for an entry point: warns about each spec that matched nothing and says
+    so when no file at all was found (the caller then exits with status 1)."""
+    paths, unmatched = expand_image_paths(specs)
+    for spec in unmatched:
+        print(f"warning: {spec}: no such file, or no image files match", file=sys.stderr)
+    if not paths:
+        print("error: no image files found", file=sys.stderr)
+    return paths
+
+
 def readable_images(paths: Sequence[str]) -> Iterator[tuple[str, Image.Image]]:
     """(path, RGB image) for every file that decodes; any other file is reported on stderr and skipped."""
     for path in paths:

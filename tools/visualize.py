@@ -47,7 +47,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from dataset import resize_mask
-from inference import expand_image_paths, load_model_for_cli, preprocess, readable_images, unreadable_report
+from inference import image_paths_for_cli, load_model_for_cli, preprocess, readable_images, unreadable_report
 from mask_create.kmeans import text_mask_from_pil
 from model import SIGA_R
 from modules.losses import SigaLossSettings, glyph_pseudo_labels, predicted_foreground
@@ -275,11 +275,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device)
-    paths, unmatched = expand_image_paths(args.images)
-    for spec in unmatched:
-        print(f"warning: {spec}: no such file, or no image files match", file=sys.stderr)
+    paths = image_paths_for_cli(args.images)
     if not paths:
-        print("error: no image files found", file=sys.stderr)
         return 1
     if args.labels is not None and len(args.labels) != len(paths):
         parser.error(f"--labels gives {len(args.labels)} label(s) for {len(paths)} image(s)")
