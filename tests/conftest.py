@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import lmdb
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
@@ -69,3 +70,12 @@ def make_word_lmdb(path: str | Path, words: Sequence[str], size: tuple[int, int]
 def word_lmdb():
     """The :func:`make_word_lmdb` builder."""
     return make_word_lmdb
+
+
+def raw_entries(path: Path) -> dict[bytes, bytes]:
+    """Every key/value of the LMDB at ``path``."""
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        entries = dict(txn.cursor())
+    env.close()
+    return entries

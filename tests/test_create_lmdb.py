@@ -5,10 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lmdb
 import pytest
 
-from conftest import encode_image, make_word_lmdb, render_word
+from conftest import encode_image, make_word_lmdb, raw_entries, render_word
 from dataset import LmdbDataset, LmdbWriter, Sample
 from tools import create_lmdb_dataset
 from tools.create_lmdb_dataset import parse_gt_line, read_gt
@@ -40,13 +39,6 @@ def run_tool(capsys):
 
     return run
 
-
-def raw_entries(path: Path) -> dict[bytes, bytes]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        entries = dict(txn.cursor())
-    env.close()
-    return entries
 
 
 @pytest.fixture

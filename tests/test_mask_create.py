@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import dataset as dataset_module
-from conftest import CORRUPT_IMAGE_BYTES, encode_image, render_word
+from conftest import CORRUPT_IMAGE_BYTES, encode_image, raw_entries, render_word
 from dataset import LmdbWriter, Sample, Skipped, build_dataset_groups, encode_png, mirror_mask_path
 from mask_create import generate_mask, merge
 from mask_create.generate_mask import generate_shard, mask_seed, plan_shards, shard_tasks
@@ -79,13 +79,6 @@ def generated(image_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedP
     assert result.returncode == 0, result.stdout + result.stderr
     return mask_root, result
 
-
-def raw_entries(path: Path) -> dict[bytes, bytes]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        entries = dict(txn.cursor())
-    env.close()
-    return entries
 
 
 def decode_mask(data: bytes) -> np.ndarray:
