@@ -283,16 +283,17 @@ def is_official_checkpoint(checkpoint: object) -> bool:
 
 
 def official_config(state_dict: dict[str, torch.Tensor]) -> Config:
-    """The paper SIGA_R config matching an official state_dict's class count (37: 36 chars, 95: 94 chars)."""
+    """The paper SIGA_R config whose class count (1 + charset size) matches an official state_dict:
+    the 36-character set, or the case-sensitive 94-character one."""
     key = "model_two.generator.generator.weight"
     weight = state_dict.get(key, state_dict.get("module." + key))
     if weight is None:
         raise ValueError(f"not an official SIGA_R state_dict: {key} is missing")
     num_classes = weight.shape[0]
-    if num_classes == 37:
-        return make_config("paper", model="SIGA_R")
-    if num_classes == 95:
-        return make_config("paper", model="SIGA_R", charset="94", sensitive=True)
+    for charset, sensitive in (("36", False), ("94", True)):
+        config = make_config("paper", model="SIGA_R", charset=charset, sensitive=sensitive)
+        if Tokenizer.from_config(config).num_classes == num_classes:
+            return config
     raise ValueError(f"official SIGA_R with {num_classes} classes: give its charset explicitly")
 
 

@@ -23,7 +23,7 @@ from model import MODELS, ModelOutput, build_model, load_tps
 from modules.augment import JointAugment
 from modules.losses import SigaLossSettings, recognition_loss, siga_loss_terms
 from utils import (Config, Tokenizer, atomic_save, evaluate, load_checkpoint, make_config, one_cycle_scheduler,
-                   seed_everything, weighted_total)
+                   seed_everything, siga_loss_settings, weighted_total)
 
 DEMO_ROOT = Path("data/synth_demo")
 
@@ -141,17 +141,6 @@ def validate(model: torch.nn.Module, loaders: dict[str, DataLoader], tokenizer: 
     return results, weighted_total(results.values())
 
 
-def loss_settings(config: Config) -> SigaLossSettings:
-    """The SIGA loss constants of a config (SPEC §7 #28)."""
-    return SigaLossSettings(
-        mask_threshold=config.mask_threshold, foreground_threshold=config.foreground_threshold,
-        glyph_foreground_threshold=config.glyph_foreground_threshold,
-        glyph_attention_threshold=config.glyph_attention_threshold, sharpen_slope=config.sharpen_slope,
-        sharpen_offset=config.sharpen_offset, hard_sample_threshold=config.hard_sample_threshold,
-        switch_iter=config.siga_switch_iter, align_weight_early=config.align_weight_early,
-        align_weight_late=config.align_weight_late)
-
-
 def training_loss(output: ModelOutput, targets: torch.Tensor, lengths: torch.Tensor, iteration: int,
                   settings: SigaLossSettings, num_steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The total loss and its named terms: a CE per recognition head and, for SIGA_R, the SIGA losses
@@ -225,7 +214,7 @@ def train(args: argparse.Namespace) -> dict:
     print(f"model {config.model}: {sum(p.numel() for p in model.parameters()):,} parameters "
           f"({sum(p.numel() for p in trainable):,} trainable); run dir {run_dir}")
 
-    settings = loss_settings(config)
+    settings = siga_loss_settings(config)
     batches = infinite_batches(train_loader)
     skipped_total = 0
     last_accuracy = None

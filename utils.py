@@ -14,6 +14,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from modules.losses import SigaLossSettings
+
 CHARSET_36 = "abcdefghijklmnopqrstuvwxyz1234567890"
 CHARSET_94 = (
     "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -117,6 +119,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         workers=0, valid_interval=10, save_interval=10, eval_batch_size=16,
     ),
 }
+
+
+def siga_loss_settings(config: Config) -> SigaLossSettings:
+    """The SIGA loss constants of a config (SPEC §7 #28), for the pure loss functions."""
+    return SigaLossSettings(
+        mask_threshold=config.mask_threshold, foreground_threshold=config.foreground_threshold,
+        glyph_foreground_threshold=config.glyph_foreground_threshold,
+        glyph_attention_threshold=config.glyph_attention_threshold, sharpen_slope=config.sharpen_slope,
+        sharpen_offset=config.sharpen_offset, hard_sample_threshold=config.hard_sample_threshold,
+        switch_iter=config.siga_switch_iter, align_weight_early=config.align_weight_early,
+        align_weight_late=config.align_weight_late)
 
 
 def make_config(preset: str = "paper", **overrides: Any) -> Config:

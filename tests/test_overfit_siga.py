@@ -9,8 +9,8 @@ from dataset import Collate, Sample
 from mask_create.kmeans import text_mask_from_pil
 from model import build_model
 from test_overfit import WORDS, memorise, render
-from train import loss_settings, training_loss
-from utils import Tokenizer, make_config, seed_everything
+from train import training_loss
+from utils import Tokenizer, make_config, seed_everything, siga_loss_settings
 
 
 def test_demo_siga_overfits_eight_words():
@@ -21,7 +21,7 @@ def test_demo_siga_overfits_eight_words():
     images = [render(w) for w in WORDS]
     batch = Collate()([Sample(image, text_mask_from_pil(Image.fromarray(image), seed=0), w)
                        for image, w in zip(images, WORDS)])
-    settings = loss_settings(config)
+    settings = siga_loss_settings(config)
     seen_terms: set[str] = set()
 
     def siga_loss(m, ids, lengths, step):

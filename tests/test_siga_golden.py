@@ -118,12 +118,13 @@ def test_train_mode_forward_matches_official(golden_model, io_data, dtype, toler
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
 def test_train_mode_loss_terms_match_official(golden_model, io_data, dtype, rtol):
     """Whole model → every loss term, as train.py computes them, at it = 100 and 30000 (λ 1.0 / 0.3)."""
-    from train import loss_settings, training_loss
+    from train import training_loss
+    from utils import siga_loss_settings
 
     out = _train_forward(golden_model, io_data, dtype, train_mode=True)
     inputs = io_data["inputs"]
     targets, lengths = inputs["text_ids"][:, 1:], inputs["length"].long()
-    settings = loss_settings(make_config("paper", model="SIGA_R"))
+    settings = siga_loss_settings(make_config("paper", model="SIGA_R"))
     for iteration in ("100", "30000"):
         expected = io_data["losses_f64"][iteration]
         total, terms = training_loss(out, targets, lengths, int(iteration), settings, 26)

@@ -16,8 +16,7 @@ from conftest import render_word
 from inference import load_image, load_model
 from model import build_model
 from tools.visualize import analyse, main, unique_output
-from train import loss_settings
-from utils import Tokenizer, atomic_save, make_config
+from utils import Tokenizer, atomic_save, make_config, siga_loss_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["hello", "Street"]
@@ -99,7 +98,7 @@ def test_label_count_must_match(files, tmp_path, capsys):
 
 def test_analyse_shapes_without_label(files, single_thread):
     model, tokenizer, config = load_model(files.siga, "cpu")
-    view = analyse(model, tokenizer, config, load_image(files.images[1]), None, loss_settings(config), 0,
+    view = analyse(model, tokenizer, config, load_image(files.images[1]), None, siga_loss_settings(config), 0,
                    torch.device("cpu"))
     chars = len(view.chars)
     # teacher-forced with the prediction, cut to N_max (a prediction without EOS has S = N_max + 1 characters)

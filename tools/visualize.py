@@ -51,8 +51,7 @@ from inference import image_paths_for_cli, load_model_for_cli, preprocess, reada
 from mask_create.kmeans import text_mask_from_pil
 from model import SIGA_R
 from modules.losses import SigaLossSettings, glyph_pseudo_labels, predicted_foreground
-from train import loss_settings
-from utils import IMAGENET_MEAN, IMAGENET_STD, Config, Tokenizer
+from utils import IMAGENET_MEAN, IMAGENET_STD, Config, Tokenizer, siga_loss_settings
 
 #: character slots per row of the per-character glyph map grid
 GRID_COLUMNS = 4
@@ -283,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(model, SIGA_R):
         parser.error(f"{args.checkpoint} is a {config.model} checkpoint; visualize needs SIGA_R, whose segmentation "
                      f"and glyph attention maps it draws ({config.model} has none)")
-    settings = loss_settings(config)
+    settings = siga_loss_settings(config)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
