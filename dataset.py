@@ -5,9 +5,12 @@ a mask LMDB holds ``mask-%09d`` PNGs with values {0, 1} under the same index (SP
 """
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -16,7 +19,7 @@ import lmdb
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler
 
 from mask_create.kmeans import text_mask_from_pil
 from utils import IMAGENET_MEAN, IMAGENET_STD, Tokenizer
@@ -25,6 +28,10 @@ IMAGE_KEY = "image-%09d"
 LABEL_KEY = "label-%09d"
 MASK_KEY = "mask-%09d"
 NUM_SAMPLES_KEY = b"num-samples"
+
+
+class DataSourceError(RuntimeError):
+    """An LMDB that cannot be read at all (as opposed to one corrupt sample, which is skipped)."""
 
 
 def is_lmdb_dir(path: str | os.PathLike) -> bool:
@@ -222,14 +229,21 @@ class LmdbDataset(Dataset):
         return self._rng
 
     def _read(self, env_attr: str, path: str, key: str) -> bytes | None:
-        env = getattr(self, env_attr)
-        if env is None:
-            env = open_lmdb(path)
-            setattr(self, env_attr, env)
-        with env.begin(write=False) as txn:
-            return txn.get(key.encode())
+        try:
+            env = getattr(self, env_attr)
+            if env is None:
+                env = open_lmdb(path)
+                setattr(self, env_attr, env)
+            with env.begin(write=False) as txn:
+                return txn.get(key.encode())
+        except lmdb.Error as error:
+            raise DataSourceError(f"{path}: LMDB cannot be read ({error.__class__.__name__}: {error})") from error
 
     def __getitem__(self, item: int) -> Sample | Skipped:
+        return self.load(item, self.rng)
+
+    def load(self, item: int, rng: np.random.Generator) -> Sample | Skipped:
+        """Sample ``item`` with every random choice (augmentation, K-means initialisation) drawn from ``rng``."""
         index = int(self.indices[item])
         label_bytes = self._read("_env", self.path, LABEL_KEY % index)
         image_bytes = self._read("_env", self.path, IMAGE_KEY % index)
@@ -246,21 +260,22 @@ class LmdbDataset(Dataset):
             return Skipped(self.path, index, f"undecodable image ({error.__class__.__name__})")
         mask = None
         if self.need_masks:
-            mask = self._load_mask(index, image)
+            mask = self._load_mask(index, image, rng)
             if isinstance(mask, Skipped):
                 return mask
         if self.augmenter is not None:
-            image, mask = self.augmenter(image, mask, self.rng)
+            image, mask = self.augmenter(image, mask, rng)
         image_array = np.asarray(image.resize((self.img_w, self.img_h), Image.BICUBIC), dtype=np.uint8)
         if mask is not None:
             mask = resize_mask(mask, (self.img_w, self.img_h))
         return Sample(image_array, mask, self.tokenizer.normalize(label))
 
-    def _load_mask(self, index: int, image: Image.Image) -> np.ndarray | Skipped:
+    def _load_mask(self, index: int, image: Image.Image, rng: np.random.Generator) -> np.ndarray | Skipped:
         """The stored mask (SPEC §1.4a) or, without a mask LMDB or key, the K-means rule (§1.5)."""
         raw = None if self.mask_path is None else self._read("_mask_env", self.mask_path, MASK_KEY % index)
         if raw is None:
-            return text_mask_from_pil(image, seed=self.kmeans_seed)
+            seed = self.kmeans_seed if self.kmeans_seed is not None else int(rng.integers(2**32))
+            return text_mask_from_pil(image, seed=seed)
         try:
             mask = np.asarray(Image.open(io.BytesIO(raw)).convert("I"), dtype=np.int32)
         except (OSError, ValueError) as error:
@@ -342,58 +357,166 @@ def build_dataset_groups(root: str | os.PathLike, selections: Sequence[str], tok
     return groups
 
 
-class RatioBatchSampler(Sampler[list[int]]):
-    """Batches with a fixed share of each group (``--batch_ratio``), indices into their concatenation.
+class SkipTally:
+    """Counts of skipped samples per (LMDB path, reason), mergeable across DataLoader batches and ranks."""
+
+    def __init__(self, counts: Counter | None = None):
+        self.counts: Counter = Counter() if counts is None else counts
+
+    def add(self, skipped: Iterable[tuple[str, int, str]]) -> None:
+        self.counts.update((path, reason) for path, _, reason in skipped)
+
+    @classmethod
+    def merged(cls, tallies: Iterable["SkipTally"]) -> "SkipTally":
+        total: Counter = Counter()
+        for tally in tallies:
+            total.update(tally.counts)
+        return cls(total)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def per_lmdb(self) -> dict[str, int]:
+        """Skipped count per LMDB path, sorted by path."""
+        totals: Counter = Counter()
+        for (path, _), count in self.counts.items():
+            totals[path] += count
+        return dict(sorted(totals.items()))
+
+    def report(self) -> str:
+        """One line per LMDB: its path, the count and the count per reason."""
+        lines = []
+        for path in self.per_lmdb():
+            reasons = sorted((reason, count) for (p, reason), count in self.counts.items() if p == path)
+            detail = ", ".join(f"{count} {reason}" for reason, count in reasons)
+            lines.append(f"  {path}: {sum(c for _, c in reasons)} skipped ({detail})")
+        return "\n".join(lines)
+
+
+DrawKey = tuple[int, int, int]  # (index into the training concatenation, epoch, position of the draw in that epoch)
+
+
+class TrainingDraws(Dataset):
+    """The training LMDBs addressed by :data:`DrawKey`: each draw's randomness (augmentation, K-means
+    initialisation) comes from ``numpy.random.default_rng([seed, epoch, position])``, a function of the
+    draw alone, so a run sees the same samples whatever its worker count, world size or resumption."""
+
+    def __init__(self, leaves: Sequence[LmdbDataset], seed: int):
+        self.leaves = list(leaves)
+        self.cumulative_sizes = np.cumsum([len(leaf) for leaf in self.leaves]).tolist()
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.cumulative_sizes[-1] if self.cumulative_sizes else 0
+
+    def __getitem__(self, key: DrawKey) -> Sample | Skipped:
+        index, epoch, position = key
+        leaf = bisect.bisect_right(self.cumulative_sizes, index)
+        offset = index - (self.cumulative_sizes[leaf - 1] if leaf else 0)
+        return self.leaves[leaf].load(offset, np.random.default_rng([self.seed, epoch, position]))
+
+
+class EndlessBatchSampler(Sampler[list[DrawKey]]):
+    """This rank's training batches, epoch after epoch without end, starting at global batch ``start``.
+
+    Epoch ``e``'s batches depend only on the seed and ``e``; batch ``k`` of the run is the same set of
+    draws for any world size with the same global batch (each rank holds its share), which is what
+    makes resumption exact (``start`` = the iterations done) and multi-process runs comparable.
+    """
+
+    batches_per_epoch: int
+
+    def __init__(self, start: int = 0):
+        self.start = start
+
+    def epoch_batches(self, epoch: int) -> Iterator[list[DrawKey]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[DrawKey]]:
+        epoch, skip = divmod(self.start, self.batches_per_epoch)
+        while True:
+            yield from itertools.islice(self.epoch_batches(epoch), skip, None)
+            epoch, skip = epoch + 1, 0
+
+
+class ShuffledBatchSampler(EndlessBatchSampler):
+    """Uniform sampling without replacement over the concatenation (the official SIGA_R order):
+    a :class:`DistributedSampler` shuffles each epoch (``set_epoch``) and deals the permutation out
+    round-robin to the ranks; incomplete batches at the end of an epoch are dropped."""
+
+    def __init__(self, dataset_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start: int = 0):
+        super().__init__(start)
+        self.sampler = DistributedSampler(range(dataset_size), num_replicas=world_size, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=True)
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.batches_per_epoch = len(self.sampler) // batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{dataset_size} training samples, fewer than one global batch of "
+                             f"{batch_size} × {world_size} processes")
+
+    def epoch_batches(self, epoch: int) -> Iterator[list[DrawKey]]:
+        self.sampler.set_epoch(epoch)
+        order = list(self.sampler)
+        size, world, rank = self.batch_size, self.world_size, self.rank
+        for first in range(0, self.batches_per_epoch * size, size):
+            yield [(order[q], epoch, q * world + rank) for q in range(first, first + size)]
+
+
+class RatioBatchSampler(EndlessBatchSampler):
+    """Global batches with a fixed share of each group (``--batch_ratio``), indices into their
+    concatenation; each rank takes every ``world_size``-th slot of the global batch.
 
     Each group is drawn without replacement in its own shuffled order, restarting when exhausted;
     the epoch length is that of the largest group at its share.
     """
 
-    def __init__(self, group_sizes: Sequence[int], ratios: Sequence[float], batch_size: int, seed: int = 0):
+    def __init__(self, group_sizes: Sequence[int], ratios: Sequence[float], batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, start: int = 0):
+        super().__init__(start)
         if len(group_sizes) != len(ratios):
             raise ValueError(f"{len(ratios)} batch ratios given for {len(group_sizes)} selected datasets")
         if any(size == 0 for size in group_sizes):
             raise ValueError(f"a selected dataset is empty (sizes {list(group_sizes)})")
+        global_batch = batch_size * world_size
         shares = np.asarray(ratios, dtype=np.float64) / float(np.sum(ratios))
-        counts = np.maximum(1, np.floor(shares * batch_size).astype(int))
-        counts[int(np.argmax(shares))] += batch_size - counts.sum()
+        counts = np.maximum(1, np.floor(shares * global_batch).astype(int))
+        counts[int(np.argmax(shares))] += global_batch - counts.sum()
         self.counts = counts.tolist()
         self.sizes = list(group_sizes)
         self.offsets = np.concatenate([[0], np.cumsum(group_sizes)[:-1]]).tolist()
-        self.seed = seed
-        self.epoch = 0
-        self.num_batches = max(-(-size // count) for size, count in zip(self.sizes, self.counts))
+        self.seed, self.rank, self.world_size, self.global_batch = seed, rank, world_size, global_batch
+        self.batches_per_epoch = max(-(-size // count) for size, count in zip(self.sizes, self.counts))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+    def epoch_batches(self, epoch: int) -> Iterator[list[DrawKey]]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
         streams = []
         for size, count, offset in zip(self.sizes, self.counts, self.offsets):
-            repeats = -(-self.num_batches * count // size)
+            repeats = -(-self.batches_per_epoch * count // size)
             order = torch.cat([torch.randperm(size, generator=generator) for _ in range(repeats)])
-            streams.append((order[: self.num_batches * count].view(self.num_batches, count) + offset))
-        batches = torch.cat(streams, 1)
-        yield from batches.tolist()
+            streams.append(order[: self.batches_per_epoch * count].view(self.batches_per_epoch, count) + offset)
+        slots = range(self.rank, self.global_batch, self.world_size)
+        for number, row in enumerate(torch.cat(streams, 1).tolist()):
+            yield [(row[slot], epoch, number * self.global_batch + slot) for slot in slots]
 
 
-def infinite_batches(loader: DataLoader) -> Iterator[Batch]:
-    """Iterate a loader forever, advancing its sampler's epoch each time it runs out (SPEC §1.1)."""
-    epoch = 0
-    while True:
-        for sampler in (loader.sampler, loader.batch_sampler):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th index from ``rank``, with no padding: the ranks' shards partition the
+    dataset exactly, so summed results equal one process's."""
+
+    def __init__(self, size: int, rank: int, world_size: int):
+        self.indices = range(rank, size, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
 
 
 def make_eval_loader(path: str | os.PathLike, tokenizer: Tokenizer, img_size: tuple[int, int], batch_size: int,
-                     workers: int = 0) -> DataLoader:
-    """A test-mode loader over one leaf LMDB, in index order."""
+                     workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A test-mode loader over one leaf LMDB in index order (this rank's shard of it when distributed)."""
     dataset = LmdbDataset(path, tokenizer, img_size, "test")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=Collate())
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
+                      num_workers=workers, collate_fn=Collate(), generator=torch.Generator().manual_seed(0))

@@ -39,6 +39,15 @@ class ModelOutput:
     glyph_logits_low: torch.Tensor | None = None
     glyph_logits_mid: torch.Tensor | None = None
 
+    def to_float32(self) -> "ModelOutput":
+        """A copy with every tensor in float32, so that the losses of an autocast forward run at full precision."""
+        def cast(value):
+            return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+        return ModelOutput(cast(self.logits), cast(self.attention), cast(self.rectified_mask),
+                           {name: cast(value) for name, value in self.auxiliary_logits.items()},
+                           cast(self.seg_logits), cast(self.glyph_logits_low), cast(self.glyph_logits_mid))
+
 
 def visual_sequence(v: torch.Tensor) -> torch.Tensor:
     """V [B, C, h, W] → X [B, W, C] (average over the height, SPEC §3.3)."""

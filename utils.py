@@ -361,6 +361,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def capture_rng_state(device: torch.device) -> dict[str, Any]:
+    """Python, numpy, torch CPU and (on CUDA) the device's generator states, in a form
+    ``torch.load(weights_only=True)`` accepts (numpy's key array as a tensor)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)),
+                                                    "position": int(position), "has_gauss": int(has_gauss),
+                                                    "cached_gaussian": float(cached_gaussian)},
+             "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Undo :func:`capture_rng_state`: the generators continue exactly where they were captured."""
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file in the same directory, then rename: never a torn checkpoint."""
     path = Path(path)
