@@ -7,6 +7,7 @@ queue behind gradient traffic or force a GPU synchronisation.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -71,7 +72,10 @@ def setup(device: str, local_rank: int | None = None, timeout_minutes: float = 3
 
 
 def cleanup(env: DistEnv) -> None:
+    """Destroy the process groups once the objects holding their pending work (DDP's reducer) are
+    collected: gloo aborts the process if such work outlives its group at interpreter exit."""
     if env.is_distributed and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -377,7 +377,9 @@ def train(args: argparse.Namespace) -> dict:
     skipped samples, and the signal that stopped it, if any)."""
     env = setup(args.device, args.local_rank)
     try:
-        return run_training(args, env)
+        summary = run_training(args, env)
+        barrier(env)  # no rank tears the process groups down while another still uses them
+        return summary
     finally:
         cleanup(env)
 

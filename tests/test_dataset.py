@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import (Collate, LmdbDataset, LmdbWriter, RatioBatchSampler, Sample, Skipped, build_dataset_groups, resize_mask,
+from dataset import (Collate, LmdbDataset, LmdbWriter, RatioBatchSampler, Sample, ShardSampler, ShuffledBatchSampler,
+                     Skipped, build_dataset_groups, resize_mask,
                      encode_png, mirror_mask_path, open_lmdb, select_leaves)
 from utils import IMAGENET_MEAN, IMAGENET_STD, Tokenizer, load_charset
 
@@ -135,15 +137,34 @@ def test_collate_normalisation():
 
 def test_ratio_batch_sampler_proportions():
     sampler = RatioBatchSampler([100, 10], [0.75, 0.25], batch_size=8, seed=1)
-    batches = list(sampler)
+    assert sampler.batches_per_epoch == 17  # the 100-sample group at 6 per batch
+    batches = [[index for index, _, _ in batch] for batch in itertools.islice(sampler, 17)]
     assert all(len(b) == 8 for b in batches)
     assert all(sum(i >= 100 for i in b) == 2 for b in batches)
     first_group = [i for b in batches for i in b if i < 100]
     assert sorted(first_group[:100]) == list(range(100))  # without replacement within an epoch
-    sampler.set_epoch(1)
-    assert list(sampler) != batches
+    next_epoch = list(itertools.islice(RatioBatchSampler([100, 10], [0.75, 0.25], 8, seed=1, start=17), 17))
+    assert [[i for i, _, _ in b] for b in next_epoch] != batches and {e for b in next_epoch for _, e, _ in b} == {1}
     with pytest.raises(ValueError, match="batch ratios"):
         RatioBatchSampler([5, 5], [1.0], 4)
+
+
+def test_shuffled_batches_resume_and_split_across_ranks():
+    """Batch k is the same set of draws whatever the world size, and starting at k continues the stream."""
+    whole = list(itertools.islice(ShuffledBatchSampler(50, 10, seed=3), 12))
+    assert all(len({i for i, _, _ in b}) == 10 for b in whole)
+    assert sorted(i for b in whole[:5] for i, _, _ in b) == list(range(50))  # one epoch: every sample once
+    assert list(itertools.islice(ShuffledBatchSampler(50, 10, seed=3, start=7), 5)) == whole[7:12]
+    ranks = [ShuffledBatchSampler(50, 5, seed=3, rank=r, world_size=2) for r in range(2)]
+    for batch, first, second in itertools.islice(zip(whole, *ranks), 12):
+        assert sorted(batch) == sorted(first + second)  # same (index, epoch, position) draws
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        ShuffledBatchSampler(9, 5, seed=0, world_size=2)
+
+
+def test_shard_sampler_partitions_without_padding():
+    shards = [list(ShardSampler(11, rank, 3)) for rank in range(3)]
+    assert sorted(sum(shards, [])) == list(range(11)) and [len(s) for s in shards] == [4, 4, 3]
 
 
 def test_train_sample_matches_official_data_path_on_golden_images():
