@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Iterator
 
@@ -312,6 +313,7 @@ def next_batch(batches: Iterator[Batch], train_data: str) -> tuple[Batch | None,
         detail = lines[-1] if lines else error.__class__.__name__  # a worker's error ends with its original message
         if isinstance(error, DataSourceError):
             return None, detail
+        traceback.print_exc()
         return None, f"data loading from {train_data} failed ({error.__class__.__name__}): {detail}"
 
 
@@ -384,6 +386,54 @@ def train(args: argparse.Namespace) -> dict:
         cleanup(env)
 
 
+def build_training_model(args: argparse.Namespace, config: Config, tokenizer: Tokenizer, checkpoint: dict | None,
+                         env: DistEnv) -> torch.nn.Module:
+    """The model on this rank's device: the resumed or fine-tuned weights (or a TPS from ``--tps_from``),
+    with synchronised BatchNorms when distributed."""
+    model = build_model(config, tokenizer)
+    if args.tps_from:
+        load_tps(model, args.tps_from)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    elif args.finetune:
+        tuned = load_checkpoint(args.finetune)
+        if tuned["charset"] != tokenizer.charset:
+            raise ValueError(f"{args.finetune}: charset differs from this run's ({len(tuned['charset'])} vs "
+                             f"{len(tokenizer.charset)} characters)")
+        model.load_state_dict(tuned["model"])
+    model.to(env.device)
+    if env.is_distributed and args.sync_bn:
+        model = convert_sync_batchnorm(model, env.device, env.batchnorm_group)
+    return model
+
+
+class RunLog:
+    """Rank 0's outputs: console lines (above the progress bar), ``log.txt`` and TensorBoard scalars;
+    no-ops on the other ranks."""
+
+    def __init__(self, run_dir: Path, env: DistEnv):
+        self.env, self.path, self.writer = env, run_dir / "log.txt", None
+        if env.is_main:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def line(self, text: str) -> None:
+        if self.env.is_main:
+            log(self.env, text)
+            with open(self.path, "a") as log_file:
+                log_file.write(text + "\n")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def run_training(args: argparse.Namespace, env: DistEnv) -> dict:
     if args.preset is None and args.resume in (None, "auto"):
         args.preset = "paper" if args.train_data else "demo"
@@ -402,20 +452,7 @@ def run_training(args: argparse.Namespace, env: DistEnv) -> dict:
     seed_everything(config.seed)  # identical initial weights on every rank
     device = env.device
     tokenizer = Tokenizer.from_config(config)
-    model = build_model(config, tokenizer)
-    if args.tps_from:
-        load_tps(model, args.tps_from)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-    elif args.finetune:
-        tuned = load_checkpoint(args.finetune)
-        if tuned["charset"] != tokenizer.charset:
-            raise ValueError(f"{args.finetune}: charset differs from this run's ({len(tuned['charset'])} vs "
-                             f"{len(tokenizer.charset)} characters)")
-        model.load_state_dict(tuned["model"])
-    model.to(device)
-    if env.is_distributed and args.sync_bn:
-        model = convert_sync_batchnorm(model, device, env.batchnorm_group)
+    model = build_training_model(args, config, tokenizer, checkpoint, env)
     amp_dtype = AMP_DTYPES[args.amp]
     trainer = Trainer(model, config, tokenizer, env, amp_dtype, args.sync_bn)
     start_iteration, best_accuracy = 0, -1.0
@@ -425,13 +462,10 @@ def run_training(args: argparse.Namespace, env: DistEnv) -> dict:
     restore_process_rng(checkpoint, config, env)
 
     run_dir = resolve_run_dir(args, config)
-    writer = None
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    run_log = RunLog(run_dir, env)
     checkpointer = Checkpointer(run_dir, env, args.keep_last, model, trainer.optimizer, trainer.scheduler,
                                 trainer.scaler, config, tokenizer)
     train_loader, scan_skipped = make_train_loader(args, config, tokenizer, getattr(model, "needs_masks", False), env,
@@ -448,7 +482,6 @@ def run_training(args: argparse.Namespace, env: DistEnv) -> dict:
                     dynamic_ncols=True, disable=None if env.is_main else True)
     window_start, window_images = time.perf_counter(), 0
     run_start, run_images = time.perf_counter(), 0
-    log_file = run_dir / "log.txt"
     with StopSignal() as stop:
         for iteration in progress:
             batch, failure = next_batch(batches, args.train_data)
@@ -465,11 +498,10 @@ def run_training(args: argparse.Namespace, env: DistEnv) -> dict:
                     stopped_by = stop.signum or int(status["signal"])
                     message = (f"stopped by {signal.Signals(stopped_by).name} at iteration {iteration}; "
                                f"continue with --resume {run_dir / 'last.pth'}")
-                    log(env, message)
-                    append_log(env, log_file, message)
+                    run_log.line(message)
                     break
                 reason = failure or "another process could not load its training data (see its error)"
-                append_log(env, log_file, f"stopped at iteration {iteration}: {reason}")
+                run_log.line(f"stopped at iteration {iteration}: {reason}")
                 raise SystemExit(f"training stopped at iteration {iteration}: {reason}\n"
                                  f"checkpoint saved: {run_dir / 'last.pth'}")
             if status["empty"]:  # some rank's batch was all corrupt samples: every rank skips the step
@@ -487,13 +519,10 @@ def run_training(args: argparse.Namespace, env: DistEnv) -> dict:
                 loss_value, images_per_second = values[0] / env.world_size, values[-1] / elapsed
                 lr = trainer.scheduler.get_last_lr()[0]
                 progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_second:.0f}")
-                if writer is not None:
-                    writer.add_scalar("train/loss", loss_value, step)
-                    if len(terms) > 1:
-                        for name, value in zip(terms, values[1:-1]):
-                            writer.add_scalar(f"train/{name}", value / env.world_size, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/images_per_second", images_per_second, step)
+                scalars = {"train/loss": loss_value, "train/lr": lr, "train/images_per_second": images_per_second}
+                if len(terms) > 1:
+                    scalars.update({f"train/{name}": value / env.world_size for name, value in zip(terms, values[1:-1])})
+                run_log.scalars(step, scalars)
                 window_start, window_images = time.perf_counter(), 0
             if step % config.save_interval == 0:
                 checkpointer.save([f"iter_{step}.pth"], step, best_accuracy)
@@ -512,25 +541,18 @@ def run_training(args: argparse.Namespace, env: DistEnv) -> dict:
                     names.append("best_accuracy.pth")
                     line += " (best)"
                 checkpointer.save(names, step, best_accuracy)
-                if writer is not None:
-                    for name, result in results.items():
-                        writer.add_scalar(f"valid/{name}/accuracy", result.accuracy, step)
-                    writer.add_scalar("valid/total_accuracy", total.accuracy, step)
-                    writer.add_scalar("valid/total_ned", total.ned, step)
-                log(env, line)
-                append_log(env, log_file, line)
+                run_log.scalars(step, {**{f"valid/{name}/accuracy": r.accuracy for name, r in results.items()},
+                                       "valid/total_accuracy": total.accuracy, "valid/total_ned": total.ned})
+                run_log.line(line)
     progress.close()
-    if writer is not None:
-        writer.close()
     all_skipped = SkipTally.merged(gather_objects(skipped, env) + [scan_skipped])
     summary = {"iterations": config.num_iter, "best_accuracy": best_accuracy, "last_accuracy": last_accuracy,
                "skipped_samples": all_skipped.total(), "skipped_per_lmdb": all_skipped.per_lmdb(),
                "best_checkpoint": str(run_dir / "best_accuracy.pth"), "last_checkpoint": str(run_dir / "last.pth"),
                "stopped_by_signal": stopped_by}
     if all_skipped.total():
-        report = f"corrupt samples skipped per LMDB:\n{all_skipped.report()}"
-        log(env, report)
-        append_log(env, log_file, report)
+        run_log.line(f"corrupt samples skipped per LMDB:\n{all_skipped.report()}")
+    run_log.close()
     if not stopped_by:
         log(env, f"done: validation accuracy {last_accuracy if last_accuracy is not None else float('nan'):.2f}% "
                  f"(best {best_accuracy:.2f}%), {all_skipped.total()} corrupt samples skipped; "
@@ -545,12 +567,6 @@ def gather_step_status(values: list[float], env: DistEnv) -> dict[str, float]:
         rows = gather_objects([float(v) for v in values], env)
         values = [sum(row[0] for row in rows), *(max(row[i] for row in rows) for i in range(1, 4))]
     return dict(zip(("tokens", "empty", "failure", "signal"), (float(v) for v in values)))
-
-
-def append_log(env: DistEnv, path: Path, line: str) -> None:
-    if env.is_main:
-        with open(path, "a") as log_file:
-            log_file.write(line + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
