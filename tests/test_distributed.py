@@ -168,9 +168,13 @@ def test_two_process_ddp_matches_single_process_with_the_same_global_batch(data,
     second = load_checkpoint(tmp_path / "ddp" / "last.pth")
     assert len(second["rng"]) == 2 and second["sampler"] == {"batches": 3, "world_size": 2, "batch_size": 8}
     assert not any(key.startswith("module.") for key in second["model"])
-    difference, name = max_difference(first["model"], second["model"])
-    # unsynchronised BatchNorm (--no-sync_bn) differs by > 1e-3 here
-    assert difference < 1e-4, (difference, name)
+    keys = [k for k in first["model"] if first["model"][k].is_floating_point()]
+    difference = torch.cat([(first["model"][k] - second["model"][k]).abs().flatten() for k in keys])
+    # Rounding differences can flip the sign of Adam's first steps where a gradient is pure rounding
+    # noise, so a few weights may differ by up to a step; the bulk must agree to rounding. (Unsynchronised
+    # BatchNorm, --no-sync_bn, gives a median of 9e-5 and 80 % of the weights beyond 1e-5 here.)
+    assert difference.median() < 1e-6 and difference.quantile(0.99) < 1e-5, difference.max()
+    assert difference.max() < 2e-3
 
 
 def test_legacy_launcher_trains_siga_r_on_two_processes(data, tmp_path):
