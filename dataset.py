@@ -396,24 +396,20 @@ class SkipTally:
 DrawKey = tuple[int, int, int]  # (index into the training concatenation, epoch, position of the draw in that epoch)
 
 
-class TrainingDraws(Dataset):
+class TrainingDraws(ConcatDataset):
     """The training LMDBs addressed by :data:`DrawKey`: each draw's randomness (augmentation, K-means
     initialisation) comes from ``numpy.random.default_rng([seed, epoch, position])``, a function of the
     draw alone, so a run sees the same samples whatever its worker count, world size or resumption."""
 
     def __init__(self, leaves: Sequence[LmdbDataset], seed: int):
-        self.leaves = list(leaves)
-        self.cumulative_sizes = np.cumsum([len(leaf) for leaf in self.leaves]).tolist()
+        super().__init__(leaves)
         self.seed = seed
-
-    def __len__(self) -> int:
-        return self.cumulative_sizes[-1] if self.cumulative_sizes else 0
 
     def __getitem__(self, key: DrawKey) -> Sample | Skipped:
         index, epoch, position = key
         leaf = bisect.bisect_right(self.cumulative_sizes, index)
         offset = index - (self.cumulative_sizes[leaf - 1] if leaf else 0)
-        return self.leaves[leaf].load(offset, np.random.default_rng([self.seed, epoch, position]))
+        return self.datasets[leaf].load(offset, np.random.default_rng([self.seed, epoch, position]))
 
 
 class EndlessBatchSampler(Sampler[list[DrawKey]]):

@@ -88,6 +88,17 @@ def sum_across_ranks(values: Sequence[float], env: DistEnv) -> list[float]:
     return tensor.tolist()
 
 
+def gather_rows(values: Sequence[float], env: DistEnv) -> torch.Tensor:
+    """Every rank's ``values`` as rows of a [world size, n] float64 tensor (one tensor all-gather on the
+    CPU control group, cheap enough for every step)."""
+    row = torch.tensor(list(values), dtype=torch.float64)
+    if not env.is_distributed:
+        return row.unsqueeze(0)
+    rows = [torch.empty_like(row) for _ in range(env.world_size)]
+    dist.all_gather(rows, row, group=env.control_group)
+    return torch.stack(rows)
+
+
 def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank (picklable objects; small ones only)."""
     if not env.is_distributed:

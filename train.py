@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dataset import (Batch, Collate, DataSourceError, RatioBatchSampler, ShuffledBatchSampler, SkipTally,
                      TrainingDraws, build_dataset_groups, find_lmdb_leaves, make_eval_loader)
-from distributed import DistEnv, barrier, cleanup, gather_objects, setup, sum_across_ranks
+from distributed import DistEnv, barrier, cleanup, gather_objects, gather_rows, setup, sum_across_ranks
 from model import MODELS, ModelOutput, build_model, load_tps
 from modules.augment import JointAugment
 from modules.losses import SigaLossSettings, recognition_loss, siga_loss_terms
@@ -563,10 +563,9 @@ def run_training(args: argparse.Namespace, env: DistEnv) -> dict:
 def gather_step_status(values: list[float], env: DistEnv) -> dict[str, float]:
     """Every rank's (tokens, empty batch, data failure, signal) combined: tokens summed, the rest the
     maximum over ranks, so that all ranks take the same branch at this step."""
-    if env.is_distributed:
-        rows = gather_objects([float(v) for v in values], env)
-        values = [sum(row[0] for row in rows), *(max(row[i] for row in rows) for i in range(1, 4))]
-    return dict(zip(("tokens", "empty", "failure", "signal"), (float(v) for v in values)))
+    rows = gather_rows(values, env)
+    combined = [rows[:, 0].sum().item(), *rows[:, 1:].max(0).values.tolist()]
+    return dict(zip(("tokens", "empty", "failure", "signal"), combined))
 
 
 def main(argv: list[str] | None = None) -> int:

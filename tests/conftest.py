@@ -79,3 +79,14 @@ def raw_entries(path: Path) -> dict[bytes, bytes]:
         entries = dict(txn.cursor())
     env.close()
     return entries
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """Synthetic word LMDBs: ``train/synth`` (48 samples, masks under ``masks/synth``) and ``val/synth_val`` (12)."""
+    from tools.synth import write_synth_lmdb
+
+    root = tmp_path_factory.mktemp("data")
+    write_synth_lmdb(root / "train" / "synth", root / "masks" / "synth", 48, seed=5, workers=1, progress=False)
+    write_synth_lmdb(root / "val" / "synth_val", root / "val_masks", 12, seed=6, workers=1, progress=False)
+    return root

@@ -19,20 +19,11 @@ import train
 from distributed import DistEnv
 from model import build_model
 from modules.sync_batchnorm import CpuSyncBatchNorm, convert_sync_batchnorm
-from tools.synth import write_synth_lmdb
 from utils import Tokenizer, atomic_save, load_checkpoint, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per process: the 2-process and 1-process runs then do their arithmetic the same way.
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_synth_lmdb(root / "train" / "synth", root / "masks" / "synth", 48, seed=5, workers=1, progress=False)
-    write_synth_lmdb(root / "val" / "synth_val", root / "val_masks", 12, seed=6, workers=1, progress=False)
-    return root
 
 
 def data_args(data: Path, saved: Path) -> list[str]:

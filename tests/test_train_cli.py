@@ -10,18 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tools.synth import write_synth_lmdb
 from utils import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_synth_lmdb(root / "train" / "synth", root / "masks" / "synth", 48, seed=5, workers=1, progress=False)
-    write_synth_lmdb(root / "val" / "synth_val", root / "val_masks", 12, seed=6, workers=1, progress=False)
-    return root
 
 
 def scalar_tags(log_dir: Path) -> set[str]:
