@@ -1,13 +1,15 @@
 """Measure training and inference speed, memory and FLOPs of TRBA and SIGA_R, as numbers and as ratios.
 
-Everything is timed in one process with warm-up and medians of several repeats, so ratios between
-models (``--compare``: SIGA_R time over TRBA time) and against the machine's own large-matmul rate are
-comparable within one run. ``--data`` adds the training data loader's throughput on the demo data.
+Everything is timed in one process with warm-up and medians of several repeats, the models interleaved
+repeat by repeat, so ratios between models (``--compare``: SIGA_R time over TRBA time) and against the
+machine's own large-matmul rate are comparable within one run; peak memory comes from a fresh process per
+model and phase. ``--data`` adds the training data loader's throughput on the demo data.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
 import statistics
 import sys
@@ -20,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from distributed import DistEnv
-from model import build_model
+from model import MEMORY_FORMATS, build_model, use_channels_last
 from utils import Config, Tokenizer, make_config
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
@@ -35,48 +37,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"], help="model size")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--label_length", type=int, default=7, help="characters per synthetic label (mean word)")
+    parser.add_argument("--decode_steps", type=int, default=None,
+                        help="greedy steps per inference, never stopping early (default: label_length + 1, the steps "
+                             "a trained model takes to read such a word; untrained weights would stop at random)")
+    parser.add_argument("--channels_last", choices=MEMORY_FORMATS, default="auto",
+                        help="memory format of the convolutions, as train.py/test.py (auto: channels_last on CPU)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data", action="store_true", help="also measure the training loader on the demo data")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for --data")
+    parser.add_argument("--agreement", metavar="CHECKPOINT",
+                        help="instead of timing: how often bf16 and fp32 greedy predictions of this trained checkpoint "
+                             "are identical on --eval_data")
+    parser.add_argument("--eval_data", help="LMDB for --agreement")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
+    if args.agreement and not args.eval_data:
+        parser.error("--agreement needs --eval_data")
     if args.compare:
         args.models = ["TRBA", "SIGA_R"]
     if args.device is None:
         args.device = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.decode_steps is None:
+        args.decode_steps = args.label_length + 1
     return args
 
 
-def median_seconds(run: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``run`` after ``warmup`` calls (device work included)."""
+def median_seconds(runs: dict[str, Callable[[], object]], device: torch.device, warmup: int,
+                   repeats: int) -> dict[str, float]:
+    """Median wall time of each run (device work included), the runs interleaved repeat by repeat so that
+    a slow spell of the machine hits every model alike and the ratios stay comparable."""
     for _ in range(warmup):
-        run()
-    times = []
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        run()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for key, run in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated since the last reset; CPU: the process's peak resident set (monotone)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def synthetic_batch(config: Config, tokenizer: Tokenizer, batch_size: int, label_length: int,
@@ -94,7 +101,7 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int, warmup: i
     """The machine's reference rate: a large square matmul in ``dtype``."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    seconds = median_seconds(lambda: a @ b, device, warmup, repeats)
+    seconds = median_seconds({"matmul": lambda: a @ b}, device, warmup, repeats)["matmul"]
     return 2 * size**3 / seconds / 1e9
 
 
@@ -123,43 +130,87 @@ def forward_flops(model: torch.nn.Module, run: Callable[[], object]) -> int:
     return counter.get_total_flops() + sum(lstm_flops)
 
 
-def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype_name: str) -> dict:
-    """Training step, inference and batch-1 latency of one model on one device in one precision."""
-    from dataset import Batch
-    from train import Trainer
+class Workload:
+    """One model on one device in one precision, with its synthetic batch: a training step, greedy
+    inference of ``decode_steps`` steps, and batch-1 inference."""
 
-    config = make_config(args.preset, model=name, batch_size=args.batch_size)
-    tokenizer = Tokenizer.from_config(config)
-    torch.manual_seed(config.seed)
-    model = build_model(config, tokenizer).to(device)
-    dtype = DTYPES[dtype_name]
-    images, masks, labels = synthetic_batch(config, tokenizer, args.batch_size, args.label_length, device)
-    batch = Batch(images, masks if getattr(model, "needs_masks", False) else None, labels, [])
-    trainer = Trainer(model, config, tokenizer, DistEnv(device=device), dtype, sync_bn=False)
-    reset_peak_memory(device)
-    train_seconds = median_seconds(lambda: trainer.step(batch, 0, 1.0), device, args.warmup, args.repeats)
-    train_memory = peak_memory_mb(device)
+    def __init__(self, name: str, args: argparse.Namespace, device: torch.device, dtype_name: str):
+        from dataset import Batch
+        from train import Trainer
 
-    model.eval()
+        config = make_config(args.preset, model=name, batch_size=args.batch_size)
+        tokenizer = Tokenizer.from_config(config)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, tokenizer).to(device)
+        self.channels_last = use_channels_last(self.model, args.channels_last, device, training=True)
+        self.dtype = DTYPES[dtype_name]
+        self.device, self.decode_steps = device, args.decode_steps
+        self.images, masks, labels = synthetic_batch(config, tokenizer, args.batch_size, args.label_length, device)
+        self.batch = Batch(self.images, masks if getattr(self.model, "needs_masks", False) else None, labels, [])
+        self.trainer = Trainer(self.model, config, tokenizer, DistEnv(device=device), self.dtype, sync_bn=False)
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.trainer.step(self.batch, 0, 1.0)
 
     @torch.inference_mode()
-    def infer(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            return model(inputs).logits
+    def infer(self, images: torch.Tensor | None = None) -> torch.Tensor:
+        self.model.eval()
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            return self.model(self.images if images is None else images, early_stop=False,
+                              max_steps=self.decode_steps).logits
 
-    reset_peak_memory(device)
-    infer_seconds = median_seconds(lambda: infer(images), device, args.warmup, args.repeats)
-    infer_memory = peak_memory_mb(device)
-    latency_seconds = median_seconds(lambda: infer(images[:1]), device, args.warmup, max(args.repeats, 5))
-    flops_per_image = forward_flops(model, lambda: model(images)) / args.batch_size
-    infer_rate = args.batch_size / infer_seconds
-    return {"model": name, "device": device.type, "dtype": dtype_name, "batch_size": args.batch_size,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "train_images_per_second": args.batch_size / train_seconds, "train_step_ms": 1e3 * train_seconds,
-            "infer_images_per_second": infer_rate, "infer_batch_ms": 1e3 * infer_seconds,
-            "latency_ms": 1e3 * latency_seconds, "train_peak_memory_mb": train_memory,
-            "infer_peak_memory_mb": infer_memory, "infer_gflops_per_image": flops_per_image / 1e9,
-            "infer_achieved_gflops": flops_per_image * infer_rate / 1e9}
+    def infer_one(self) -> torch.Tensor:
+        return self.infer(self.images[:1])
+
+    def flops_per_image(self) -> float:
+        self.model.eval()
+        flops = forward_flops(self.model, lambda: self.model(self.images, early_stop=False, max_steps=self.decode_steps))
+        return flops / len(self.images)
+
+
+def peak_memory_mb(name: str, args: argparse.Namespace, device_name: str, dtype_name: str, phase: str) -> float:
+    """Peak memory of two ``phase`` ("train" or "infer") calls of one workload, in a fresh process so that
+    nothing else counts: CUDA's peak allocation, or the CPU process's peak resident set."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_memory_probe, (name, args, device_name, dtype_name, phase))
+
+
+def _memory_probe(name: str, args: argparse.Namespace, device_name: str, dtype_name: str, phase: str) -> float:
+    device = torch.device(device_name)
+    workload = Workload(name, args, device, dtype_name)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(2):
+        workload.train_step() if phase == "train" else workload.infer()
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_setting(args: argparse.Namespace, device: torch.device, dtype_name: str) -> list[dict]:
+    """Every model of ``args.models`` on one device in one precision, timed interleaved."""
+    workloads = {name: Workload(name, args, device, dtype_name) for name in args.models}
+    latency_repeats = max(args.repeats, 5)
+    train = median_seconds({n: w.train_step for n, w in workloads.items()}, device, args.warmup, args.repeats)
+    infer = median_seconds({n: w.infer for n, w in workloads.items()}, device, args.warmup, args.repeats)
+    latency = median_seconds({n: w.infer_one for n, w in workloads.items()}, device, args.warmup, latency_repeats)
+    rows = []
+    for name, workload in workloads.items():
+        flops = workload.flops_per_image()
+        infer_rate = args.batch_size / infer[name]
+        rows.append({
+            "model": name, "device": device.type, "dtype": dtype_name, "batch_size": args.batch_size,
+            "channels_last": workload.channels_last, "decode_steps": args.decode_steps,
+            "parameters": sum(p.numel() for p in workload.model.parameters()),
+            "train_images_per_second": args.batch_size / train[name], "train_step_ms": 1e3 * train[name],
+            "infer_images_per_second": infer_rate, "infer_batch_ms": 1e3 * infer[name],
+            "latency_ms": 1e3 * latency[name],
+            "train_peak_memory_mb": peak_memory_mb(name, args, device.type, dtype_name, "train"),
+            "infer_peak_memory_mb": peak_memory_mb(name, args, device.type, dtype_name, "infer"),
+            "infer_gflops_per_image": flops / 1e9, "infer_achieved_gflops": flops * infer_rate / 1e9})
+    return rows
 
 
 def bench_loader(args: argparse.Namespace) -> dict:
@@ -182,6 +233,29 @@ def bench_loader(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     return {"data": str(DEMO_ROOT), "workers": args.workers, "batch_size": args.batch_size, "batches": count,
             "images_per_second": images / seconds}
+
+
+def bench_agreement(args: argparse.Namespace) -> dict:
+    """fp32 and bf16 greedy predictions of a trained checkpoint over one LMDB: the share of identical
+    strings, and both accuracies."""
+    from torch.utils.data import DataLoader
+
+    from dataset import Collate, LmdbDataset
+    from inference import load_model
+    from utils import evaluate
+
+    device = torch.device(args.device[0])
+    model, tokenizer, config = load_model(args.agreement, device)
+    channels_last = use_channels_last(model, args.channels_last, device, training=False)
+    dataset = LmdbDataset(args.eval_data, tokenizer, (config.img_h, config.img_w), "test")
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=Collate())
+    full = evaluate(model, loader, tokenizer, device, keep_predictions=True)
+    half = evaluate(model, loader, tokenizer, device, keep_predictions=True, amp_dtype=torch.bfloat16)
+    identical = sum(a[0] == b[0] for a, b in zip(full.predictions, half.predictions))
+    return {"checkpoint": args.agreement, "eval_data": args.eval_data, "device": device.type,
+            "channels_last": channels_last, "samples": full.num_samples, "identical": identical,
+            "identical_percent": 100.0 * identical / max(full.num_samples, 1),
+            "accuracy_fp32": full.accuracy, "accuracy_bf16": half.accuracy}
 
 
 def compare(results: list[dict]) -> dict:
@@ -214,6 +288,14 @@ def print_table(results: list[dict], reference: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.agreement:
+        report = bench_agreement(args)
+        print(f"bf16 vs fp32 on {report['eval_data']} ({report['samples']} images, {report['device']}): "
+              f"{report['identical']} identical predictions ({report['identical_percent']:.2f} %); accuracy "
+              f"fp32 {report['accuracy_fp32']:.2f} %, bf16 {report['accuracy_bf16']:.2f} %")
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return 0
     results, reference = [], {}
     for device_name in args.device:
         device = torch.device(device_name)
@@ -221,9 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             dtype = DTYPES[dtype_name] or torch.float32
             size = 256 if args.preset == "tiny" else 2048
             reference[f"{device.type}/{dtype_name}"] = matmul_gflops(device, dtype, size, args.warmup, args.repeats)
-            for name in args.models:
-                results.append(bench_model(name, args, device, dtype_name))
-                print(f"measured {name} on {device.type} in {dtype_name}", file=sys.stderr, flush=True)
+            results.extend(bench_setting(args, device, dtype_name))
+            print(f"measured {device.type} {dtype_name}", file=sys.stderr, flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}, batch "
           f"{args.batch_size}; medians of {args.repeats} after {args.warmup} warm-up")
     print_table(results, reference)

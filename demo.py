@@ -13,16 +13,15 @@ import sys
 
 import torch
 
-from inference import image_paths_for_cli, load_model_for_cli, readable_images, recognize, unreadable_report
+from inference import add_inference_arguments, image_paths_for_cli, load_model_for_cli, readable_images, recognize, unreadable_report
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py, or the authors' released SIGA_R checkpoint")
     parser.add_argument("--images", nargs="+", required=True, help="image files, directories or glob patterns")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for inference")
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch_size must be positive")
@@ -31,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
-    model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device)
+    model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device, args.channels_last)
     paths = image_paths_for_cli(args.images)
     if not paths:
         return 1

@@ -17,8 +17,16 @@ from natsort import natsorted
 from PIL import Image, ImageOps
 
 from dataset import Collate, Sample
-from model import build_model, is_official_checkpoint, official_model
+from model import MEMORY_FORMATS, build_model, is_official_checkpoint, official_model, use_channels_last
 from utils import Config, Tokenizer, check_checkpoint, read_checkpoint_file
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The device and speed options test.py and demo.py share."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for inference")
+    parser.add_argument("--channels_last", choices=MEMORY_FORMATS, default="auto",
+                        help="convolutions in channels_last (auto: on CPU)")
+
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 _GLOB_CHARS = frozenset("*?[")
@@ -57,10 +65,11 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
     return model, tokenizer, config
 
 
-def load_model_for_cli(parser: argparse.ArgumentParser, checkpoint: str, device_name: str
+def load_model_for_cli(parser: argparse.ArgumentParser, checkpoint: str, device_name: str, channels_last: str = "auto"
                        ) -> tuple[torch.nn.Module, Tokenizer, Config, torch.device]:
-    """``load_model`` for an entry point: a missing file, an unusable device or an unloadable checkpoint
-    ends the program through ``parser.error`` with a message naming it."""
+    """``load_model`` for an entry point, in the memory format ``channels_last`` asks for (see
+    ``model.use_channels_last``): a missing file, an unusable device or an unloadable checkpoint ends the
+    program through ``parser.error`` with a message naming it."""
     if not Path(checkpoint).is_file():
         parser.error(f"checkpoint not found: {checkpoint}")
     try:
@@ -72,6 +81,7 @@ def load_model_for_cli(parser: argparse.ArgumentParser, checkpoint: str, device_
         model, tokenizer, config = load_model(checkpoint, device)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         parser.error(f"cannot load checkpoint {checkpoint}: {error}")
+    use_channels_last(model, channels_last, device, training=False)
     return model, tokenizer, config, device
 
 

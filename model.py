@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from modules.backbone import ResNet45
-from modules.decoders import AttentionDecoder, FusionDecoder, PositionAlignedDecoder
+from modules.decoders import AttentionDecoder, FusionDecoder, PositionAlignedDecoder, greedy_steps
 from modules.fusion import GatedBimodal
 from modules.glyph_attention import GlyphAttentionNetwork
 from modules.sequence import bilstm_stack
@@ -73,12 +73,13 @@ class TRBA(nn.Module):
     visual_sequence = staticmethod(visual_sequence)
 
     def forward(self, images: torch.Tensor, text_in: torch.Tensor | None = None,
-                masks: torch.Tensor | None = None) -> ModelOutput:
-        """images [B, 3, H, W]; ``text_in`` [B, S] for teacher forcing, None for greedy decoding."""
+                masks: torch.Tensor | None = None, early_stop: bool = True, max_steps: int | None = None) -> ModelOutput:
+        """images [B, 3, H, W]; ``text_in`` [B, S] for teacher forcing, None for greedy decoding (at most
+        ``max_steps`` steps, stopping when every sequence has ended unless ``early_stop`` is False)."""
         rectified, rectified_mask = self.transformation(images, masks)
         features = self.backbone(rectified)
         contextual = self.sequence(visual_sequence(features.v))
-        decoded = self.decoder(contextual, text_in)
+        decoded = self.decoder(contextual, text_in, early_stop=early_stop, max_steps=max_steps)
         return ModelOutput(decoded.logits, decoded.attention, rectified_mask)
 
 
@@ -119,10 +120,11 @@ class SIGA_R(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, images: torch.Tensor, text_in: torch.Tensor | None = None,
-                masks: torch.Tensor | None = None, early_stop: bool = True) -> ModelOutput:
-        """images [B, 3, H, W], masks [B, 1, H, W] (training); ``text_in`` [B, S] selects teacher forcing."""
+                masks: torch.Tensor | None = None, early_stop: bool = True, max_steps: int | None = None) -> ModelOutput:
+        """images [B, 3, H, W], masks [B, 1, H, W] (training); ``text_in`` [B, S] selects teacher forcing,
+        None greedy decoding as TRBA's."""
         if text_in is None:
-            return self._greedy(images, early_stop)
+            return self._greedy(images, early_stop, greedy_steps(self.num_steps, max_steps))
         rectified, rectified_mask = self.transformation(images, masks)
         features = self.backbone(rectified)
         x = visual_sequence(features.v)
@@ -143,7 +145,7 @@ class SIGA_R(nn.Module):
         return ModelOutput(self.final_decoder(complementary, text_in), one_d.attention, rectified_mask, auxiliary,
                            glyph.seg_logits, glyph.logits_low, glyph.logits_mid)
 
-    def _greedy(self, images: torch.Tensor, early_stop: bool) -> ModelOutput:
+    def _greedy(self, images: torch.Tensor, early_stop: bool, steps: int) -> ModelOutput:
         """Fusion decoders (each feeding back its own argmax) and the final generator, step by step."""
         rectified, _ = self.transformation(images)
         features = self.backbone(rectified)
@@ -158,7 +160,7 @@ class SIGA_R(nn.Module):
         tokens, final_token, final_state = [sos, sos], sos, None
         ended = torch.zeros(batch, dtype=torch.bool, device=images.device)
         logits: list[list[torch.Tensor]] = [[], [], []]
-        for s in range(self.num_steps):
+        for s in range(steps):
             fused = []
             for i, (decoder, glyphs) in enumerate(zip(decoders, (glyphs_low, glyphs_mid))):
                 states[i], step_logits, _, step_fused = decoder.step(states[i], contextual, starts[i][1], tokens[i],
@@ -194,6 +196,44 @@ def init_weights(model: nn.Module) -> None:
                     nn.init.kaiming_normal_(parameter)
                 else:
                     parameter.fill_(1.0)
+
+
+#: Smallest input width of a strided 1×1 convolution whose NHWC weight gradient oneDNN computes correctly
+#: on x86 CPUs: below one 16-channel block (AVX-512; 8 on AVX2) its backward writes past a workspace
+#: and crashes or returns wrong gradients (uxlfoundation/oneDNN#6035, torch 2.14's oneDNN).
+ONEDNN_NHWC_MIN_CHANNELS = 16
+MEMORY_FORMATS = ("auto", "on", "off")
+
+
+def channels_last_blocker(model: nn.Module) -> str | None:
+    """The first convolution that cannot be trained in channels_last on a CPU (see
+    ONEDNN_NHWC_MIN_CHANNELS), as a message; None when there is none."""
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
+                and module.in_channels < ONEDNN_NHWC_MIN_CHANNELS):
+            return (f"{name}: a strided 1x1 convolution with {module.in_channels} < {ONEDNN_NHWC_MIN_CHANNELS} "
+                    "input channels, whose channels_last backward oneDNN gets wrong on CPU")
+    return None
+
+
+def use_channels_last(model: nn.Module, mode: str, device: torch.device, training: bool) -> bool:
+    """Convert ``model``'s convolution weights to channels_last (NHWC) according to ``mode`` and say
+    whether it did; inputs follow the weights' format inside every convolution.
+
+    ``auto`` converts on CPU, where oneDNN runs NHWC convolutions without reordering to its blocked
+    layout and back (measured by bench.py: faster training and inference), unless training would hit
+    oneDNN's NHWC bug (``channels_last_blocker``); it leaves CUDA in NCHW, not measured here. ``on``
+    converts wherever it is correct and raises ValueError otherwise; ``off`` never converts.
+    """
+    if mode not in MEMORY_FORMATS:
+        raise ValueError(f"memory format mode must be one of {MEMORY_FORMATS}, got {mode!r}")
+    blocker = channels_last_blocker(model) if training and device.type == "cpu" else None
+    if mode == "on" and blocker:
+        raise ValueError(f"channels_last cannot train this model on CPU: {blocker}")
+    if mode == "off" or blocker or (mode == "auto" and device.type != "cpu"):
+        return False
+    model.to(memory_format=torch.channels_last)
+    return True
 
 
 def build_model(config: Config, tokenizer: Tokenizer | None = None) -> nn.Module:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from dataset import Collate, LmdbDataset, find_lmdb_leaves, is_lmdb_dir
-from inference import load_model_for_cli
+from inference import add_inference_arguments, load_model_for_cli
 from utils import EvalResult, benchmark_normalize, evaluate, weighted_total
 
 BENCHMARKS = ("IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015", "IC15_1811", "IC15_2077",
@@ -169,8 +169,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
                         help="evaluate only the benchmark list of SPEC §6 under --eval_data (no other LMDBs)")
     parser.add_argument("--batch_size", type=int, default=None, help="default: the checkpoint's eval batch size")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader workers")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for inference")
+    add_inference_arguments(parser)
     parser.add_argument("--save_predictions", metavar="CSV", help="write per-sample predictions to this CSV file")
     parser.add_argument("--json", metavar="PATH", help="write the table (per set and totals) as JSON")
     args = parser.parse_args(argv)
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_sets, missing = resolve_eval_sets(args.eval_data, args.benchmark_all_eval)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device)
+    model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device, args.channels_last)
     batch_size = args.batch_size or config.eval_batch_size
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from dataset import (Batch, Collate, DataSourceError, RatioBatchSampler, ShuffledBatchSampler, SkipTally,
                      TrainingDraws, build_dataset_groups, find_lmdb_leaves, make_eval_loader)
 from distributed import DistEnv, barrier, cleanup, gather_objects, gather_rows, setup, sum_across_ranks
-from model import MODELS, ModelOutput, build_model, load_tps
+from model import MEMORY_FORMATS, MODELS, ModelOutput, build_model, load_tps, use_channels_last
 from modules.augment import JointAugment
 from modules.losses import SigaLossSettings, recognition_loss, siga_loss_terms
 from modules.sync_batchnorm import convert_sync_batchnorm
@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--amp", choices=sorted(AMP_DTYPES), default="off",
                      help="mixed precision: autocast to bf16 (CPU or CUDA) or fp16 (with gradient scaling)")
+    run.add_argument("--channels_last", choices=MEMORY_FORMATS, default="auto",
+                     help="convolutions in channels_last: auto = on CPU when oneDNN trains the model correctly")
     run.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=True,
                      help="synchronise BatchNorm statistics across processes (the paper's setting)")
     run.add_argument("--deterministic", action="store_true",
@@ -453,6 +455,10 @@ def run_training(args: argparse.Namespace, env: DistEnv) -> dict:
     device = env.device
     tokenizer = Tokenizer.from_config(config)
     model = build_training_model(args, config, tokenizer, checkpoint, env)
+    try:
+        channels_last = use_channels_last(model, args.channels_last, device, training=True)
+    except ValueError as error:
+        raise SystemExit(f"error: --channels_last on: {error}") from None
     amp_dtype = AMP_DTYPES[args.amp]
     trainer = Trainer(model, config, tokenizer, env, amp_dtype, args.sync_bn)
     start_iteration, best_accuracy = 0, -1.0
@@ -473,7 +479,8 @@ def run_training(args: argparse.Namespace, env: DistEnv) -> dict:
     valid_loaders = make_eval_loaders(args.valid_data, config, tokenizer, env)
     log(env, f"model {config.model}: {sum(p.numel() for p in model.parameters()):,} parameters "
              f"({sum(p.numel() for p in trainer.trainable):,} trainable); {env.world_size} process(es) × batch "
-             f"{config.batch_size} on {device}, amp {args.amp}; run dir {run_dir}")
+             f"{config.batch_size} on {device}, amp {args.amp}, {'channels_last' if channels_last else 'NCHW'}; "
+             f"run dir {run_dir}")
 
     skipped = SkipTally()
     last_accuracy, stopped_by = None, 0

@@ -34,6 +34,15 @@ def zero_state(reference: torch.Tensor, hidden_size: int) -> State:
     return zeros, zeros.clone()
 
 
+def greedy_steps(num_steps: int, max_steps: int | None) -> int:
+    """How many greedy steps to run: ``max_steps`` (1 … ``num_steps``), or all ``num_steps``."""
+    if max_steps is None:
+        return num_steps
+    if not 1 <= max_steps <= num_steps:
+        raise ValueError(f"max_steps must be between 1 and {num_steps}, got {max_steps}")
+    return max_steps
+
+
 class AttentionCell(nn.Module):
     """One step: additive attention over the encoder features, then an LSTMCell on [context; embedding]."""
 
@@ -109,13 +118,13 @@ class AttentionDecoder(nn.Module):
         return state, self.generator(state[0]), alpha, step_input
 
     def forward(self, features: torch.Tensor, text_in: torch.Tensor | None = None, glyphs: torch.Tensor | None = None,
-                early_stop: bool = True) -> DecoderOutput:
-        """Teacher forcing with ``text_in`` [B, S]; greedy decoding when it is None, stopping once every
-        sequence has ended unless ``early_stop`` is False (all S steps). ``glyphs`` [B, ≥S, D] feeds a
-        fusion decoder's gate, one row per step."""
+                early_stop: bool = True, max_steps: int | None = None) -> DecoderOutput:
+        """Teacher forcing with ``text_in`` [B, S]; greedy decoding when it is None, for at most
+        ``max_steps`` (default ``num_steps``) steps, stopping once every sequence has ended unless
+        ``early_stop`` is False. ``glyphs`` [B, ≥S, D] feeds a fusion decoder's gate, one row per step."""
         state, projected = self.start(features)
         if text_in is None:
-            return self._greedy(features, projected, state, glyphs, early_stop)
+            return self._greedy(features, projected, state, glyphs, early_stop, greedy_steps(self.num_steps, max_steps))
         embeddings = self.char_embeddings(text_in)
         hiddens, alphas, inputs = [], [], []
         for s in range(text_in.shape[1]):
@@ -128,13 +137,13 @@ class AttentionDecoder(nn.Module):
         return DecoderOutput(self.generator(torch.stack(hiddens, 1)), torch.stack(alphas, 2), fused)
 
     def _greedy(self, features: torch.Tensor, projected: torch.Tensor, state: State, glyphs: torch.Tensor | None,
-                early_stop: bool) -> DecoderOutput:
+                early_stop: bool, steps: int) -> DecoderOutput:
         """Feed back the argmax; optionally stop as soon as every sequence has emitted EOS (id 0)."""
         batch = features.shape[0]
         token = torch.full((batch,), self.sos_id, dtype=torch.long, device=features.device)
         ended = torch.zeros(batch, dtype=torch.bool, device=features.device)
         logits, alphas, inputs = [], [], []
-        for s in range(self.num_steps):
+        for s in range(steps):
             glyph = None if glyphs is None else glyphs[:, s]
             state, step_logits, alpha, step_input = self.step(state, features, projected, token, glyph)
             token = step_logits.argmax(1)

@@ -90,3 +90,26 @@ def data(tmp_path_factory):
     write_synth_lmdb(root / "train" / "synth", root / "masks" / "synth", 48, seed=5, workers=1, progress=False)
     write_synth_lmdb(root / "val" / "synth_val", root / "val_masks", 12, seed=6, workers=1, progress=False)
     return root
+
+
+def write_tiny_checkpoint(path: Path, model_name: str = "TRBA", seed: int = 0) -> tuple:
+    """A tiny checkpoint in train.py's format with sharpened generator weights, so that greedy predictions
+    vary in length; returns (model in eval mode, tokenizer, config)."""
+    import torch
+
+    from model import build_model
+    from utils import Tokenizer, atomic_save, make_config, one_cycle_scheduler
+
+    torch.manual_seed(seed)
+    config = make_config("tiny", model=model_name)
+    tokenizer = Tokenizer.from_config(config)
+    model = build_model(config, tokenizer)
+    generator = model.decoder.generator if model_name == "TRBA" else model.final_decoder.generator
+    with torch.no_grad():
+        generator.weight.mul_(10.0)
+        generator.bias[0] += 1.0
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = one_cycle_scheduler(optimizer, config)
+    atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "iteration": 0, "config": config.to_dict(), "charset": tokenizer.charset, "best_accuracy": -1.0}, path)
+    return model.eval(), tokenizer, config

@@ -6,9 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import bench
+from conftest import make_word_lmdb, write_tiny_checkpoint
+from dataset import Collate, LmdbDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,3 +49,35 @@ def test_compare_gives_siga_over_trba_time():
             {"model": "SIGA_R", "device": "cpu", "dtype": "fp32", "train_images_per_second": 80.0,
              "infer_images_per_second": 200.0, "latency_ms": 12.0}]
     assert bench.compare(rows) == {"cpu/fp32": {"train": 1.25, "infer": 2.0, "latency": 1.2}}
+
+
+def test_agreement_counts_identical_fp32_and_bf16_predictions(tmp_path):
+    model, tokenizer, config = write_tiny_checkpoint(tmp_path / "tiny.pth", "SIGA_R")
+    words = ["hello", "world", "street", "coffee", "exit", "london", "open", "hotel", "bank", "taxi", "river", "north"]
+    make_word_lmdb(tmp_path / "lmdb", words)
+    out = tmp_path / "agreement.json"
+    assert bench.main(["--agreement", str(tmp_path / "tiny.pth"), "--eval_data", str(tmp_path / "lmdb"),
+                       "--device", "cpu", "--batch_size", "5", "--workers", "0", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    # the independent count: both precisions over the same batches, compared string by string
+    loader = DataLoader(LmdbDataset(tmp_path / "lmdb", tokenizer, (config.img_h, config.img_w), "test"), batch_size=5,
+                        collate_fn=Collate())
+    predictions = {}
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            texts = []
+            for batch in loader:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    texts += tokenizer.decode(model(batch.images).logits)[0]
+            predictions[dtype] = texts
+    identical = sum(a == b for a, b in zip(predictions[torch.float32], predictions[torch.bfloat16]))
+    assert report["samples"] == len(words) and report["identical"] == identical
+    assert report["identical_percent"] == 100.0 * identical / len(words)
+    assert 0.0 <= report["accuracy_fp32"] <= 100.0 and 0.0 <= report["accuracy_bf16"] <= 100.0
+
+
+def test_agreement_needs_eval_data(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.parse_args(["--agreement", "model.pth"])
+    assert exit_.value.code == 2
+    assert "--agreement needs --eval_data" in capsys.readouterr().err

@@ -17,12 +17,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from conftest import encode_image, make_word_lmdb, render_word
+from conftest import make_word_lmdb, render_word, write_tiny_checkpoint
 from dataset import Collate, LmdbDataset
 from inference import expand_image_paths, load_image, load_model, preprocess, recognize, to_rgb
-from model import build_model
-from utils import (EvalResult, Tokenizer, atomic_save, benchmark_normalize, evaluate, make_config,
-                   one_cycle_scheduler)
+from utils import EvalResult, benchmark_normalize, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["hello", "world", "street", "coffee", "parking", "exit", "london", "station", "open", "hotel",
@@ -71,20 +69,9 @@ def single_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny TRBA checkpoint in train.py's format (weights sharpened so predictions vary in length)."""
-    directory = tmp_path_factory.mktemp("checkpoint")
-    torch.manual_seed(0)
-    config = make_config("tiny")
-    tokenizer = Tokenizer.from_config(config)
-    model = build_model(config, tokenizer)
-    with torch.no_grad():
-        model.decoder.generator.weight.mul_(10.0)
-        model.decoder.generator.bias[0] += 1.0
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = one_cycle_scheduler(optimizer, config)
-    path = directory / "tiny.pth"
-    atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "iteration": 0, "config": config.to_dict(), "charset": tokenizer.charset, "best_accuracy": -1.0}, path)
-    return SimpleNamespace(path=path, model=model.eval(), tokenizer=tokenizer, config=config)
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pth"
+    model, tokenizer, config = write_tiny_checkpoint(path)
+    return SimpleNamespace(path=path, model=model, tokenizer=tokenizer, config=config)
 
 
 def evaluate_lmdb(tiny, path: Path) -> EvalResult:
