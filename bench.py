@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distributed import DistEnv
 from model import MEMORY_FORMATS, build_model, use_channels_last
-from utils import Config, Tokenizer, make_config
+from utils import Config, Tokenizer, make_config, retain_freed_cpu_memory
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -171,7 +171,8 @@ class Workload:
 
 def peak_memory_mb(name: str, args: argparse.Namespace, device_name: str, dtype_name: str, phase: str) -> float:
     """Peak memory of two ``phase`` ("train" or "infer") calls of one workload, in a fresh process so that
-    nothing else counts: CUDA's peak allocation, or the CPU process's peak resident set."""
+    nothing else counts: CUDA's peak allocation, or the CPU process's peak resident set (which includes
+    the ~0.8 GB of the torch libraries themselves)."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
         return pool.apply(_memory_probe, (name, args, device_name, dtype_name, phase))
@@ -186,7 +187,18 @@ def _memory_probe(name: str, args: argparse.Namespace, device_name: str, dtype_n
         workload.train_step() if phase == "train" else workload.infer()
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_resident_mb()
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident set: Linux's VmHWM, which (unlike getrusage's maxrss, kept across
+    exec) starts afresh in a spawned process; getrusage elsewhere."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
 
 
 def bench_setting(args: argparse.Namespace, device: torch.device, dtype_name: str) -> list[dict]:
@@ -288,6 +300,7 @@ def print_table(results: list[dict], reference: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    retain_freed_cpu_memory()
     if args.agreement:
         report = bench_agreement(args)
         print(f"bf16 vs fp32 on {report['eval_data']} ({report['samples']} images, {report['device']}): "

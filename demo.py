@@ -14,6 +14,7 @@ import sys
 import torch
 
 from inference import add_inference_arguments, image_paths_for_cli, load_model_for_cli, readable_images, recognize, unreadable_report
+from utils import retain_freed_cpu_memory
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
+    retain_freed_cpu_memory()
     model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device, args.channels_last)
     paths = image_paths_for_cli(args.images)
     if not paths:

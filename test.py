@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from dataset import Collate, LmdbDataset, find_lmdb_leaves, is_lmdb_dir
 from inference import add_inference_arguments, load_model_for_cli
-from utils import EvalResult, benchmark_normalize, evaluate, weighted_total
+from utils import EvalResult, benchmark_normalize, evaluate, retain_freed_cpu_memory, weighted_total
 
 BENCHMARKS = ("IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015", "IC15_1811", "IC15_2077",
               "SVTP", "CUTE80", "MPSC", "ArbitText")
@@ -182,6 +182,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
+    retain_freed_cpu_memory()
     if not Path(args.eval_data).exists():
         parser.error(f"evaluation data not found: {args.eval_data}")
     try:

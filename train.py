@@ -30,8 +30,8 @@ from modules.augment import JointAugment
 from modules.losses import SigaLossSettings, recognition_loss, siga_loss_terms
 from modules.sync_batchnorm import convert_sync_batchnorm
 from utils import (Config, EvalResult, Tokenizer, atomic_save, capture_rng_state, evaluate, load_checkpoint,
-                   make_config, one_cycle_scheduler, restore_rng_state, seed_everything, siga_loss_settings,
-                   weighted_total)
+                   make_config, one_cycle_scheduler, restore_rng_state, retain_freed_cpu_memory, seed_everything,
+                   siga_loss_settings, weighted_total)
 
 DEMO_ROOT = Path("data/synth_demo")
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -577,7 +577,9 @@ def gather_step_status(values: list[float], env: DistEnv) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 when finished, 128 + signal number when stopped by SIGTERM/SIGINT (checkpoint saved)."""
-    summary = train(parse_args(argv))
+    args = parse_args(argv)
+    retain_freed_cpu_memory()
+    summary = train(args)
     return 128 + summary["stopped_by_signal"] if summary["stopped_by_signal"] else 0
 
 
