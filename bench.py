@@ -254,7 +254,7 @@ def bench_agreement(args: argparse.Namespace) -> dict:
 
     from dataset import Collate, LmdbDataset
     from inference import load_model
-    from utils import evaluate
+    from utils import benchmark_normalize, evaluate
 
     device = torch.device(args.device[0])
     model, tokenizer, config = load_model(args.agreement, device)
@@ -263,10 +263,13 @@ def bench_agreement(args: argparse.Namespace) -> dict:
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=Collate())
     full = evaluate(model, loader, tokenizer, device, keep_predictions=True)
     half = evaluate(model, loader, tokenizer, device, keep_predictions=True, amp_dtype=torch.bfloat16)
-    identical = sum(a[0] == b[0] for a, b in zip(full.predictions, half.predictions))
+    same = [a[0] == b[0] for a, b in zip(full.predictions, half.predictions)]
+    correct = [benchmark_normalize(p) == benchmark_normalize(t) for p, t, _ in full.predictions]
+    same_when_correct = sum(s for s, c in zip(same, correct) if c)
     return {"checkpoint": args.agreement, "eval_data": args.eval_data, "device": device.type,
-            "channels_last": channels_last, "samples": full.num_samples, "identical": identical,
-            "identical_percent": 100.0 * identical / max(full.num_samples, 1),
+            "channels_last": channels_last, "samples": full.num_samples, "identical": sum(same),
+            "identical_percent": 100.0 * sum(same) / max(full.num_samples, 1),
+            "identical_percent_where_fp32_correct": 100.0 * same_when_correct / max(sum(correct), 1),
             "accuracy_fp32": full.accuracy, "accuracy_bf16": half.accuracy}
 
 
@@ -304,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.agreement:
         report = bench_agreement(args)
         print(f"bf16 vs fp32 on {report['eval_data']} ({report['samples']} images, {report['device']}): "
-              f"{report['identical']} identical predictions ({report['identical_percent']:.2f} %); accuracy "
+              f"{report['identical']} identical predictions ({report['identical_percent']:.2f} %; "
+              f"{report['identical_percent_where_fp32_correct']:.2f} % of those fp32 reads correctly); accuracy "
               f"fp32 {report['accuracy_fp32']:.2f} %, bf16 {report['accuracy_bf16']:.2f} %")
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))

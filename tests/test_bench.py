@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 import bench
 from conftest import make_word_lmdb, write_tiny_checkpoint
 from dataset import Collate, LmdbDataset
+from utils import benchmark_normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,26 +55,35 @@ def test_compare_gives_siga_over_trba_time():
 def test_agreement_counts_identical_fp32_and_bf16_predictions(tmp_path):
     model, tokenizer, config = write_tiny_checkpoint(tmp_path / "tiny.pth", "SIGA_R")
     words = ["hello", "world", "street", "coffee", "exit", "london", "open", "hotel", "bank", "taxi", "river", "north"]
-    make_word_lmdb(tmp_path / "lmdb", words)
+
+    def predictions(path: Path) -> dict[torch.dtype, list[str]]:
+        """The independent count: both precisions over the same batches as bench.py's."""
+        loader = DataLoader(LmdbDataset(path, tokenizer, (config.img_h, config.img_w), "test"), batch_size=5,
+                            collate_fn=Collate())
+        texts = {torch.float32: [], torch.bfloat16: []}
+        with torch.inference_mode():
+            for dtype, found in texts.items():
+                for batch in loader:
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                        found += tokenizer.decode(model(batch.images).logits)[0]
+        return texts
+
+    # label every other image with the model's own fp32 reading, so that some predictions are correct
+    first = predictions(make_word_lmdb(tmp_path / "scratch", words))[torch.float32]
+    labels = [p if i % 2 == 0 and p else w for i, (p, w) in enumerate(zip(first, words))]
+    make_word_lmdb(tmp_path / "lmdb", words, labels=labels)
     out = tmp_path / "agreement.json"
     assert bench.main(["--agreement", str(tmp_path / "tiny.pth"), "--eval_data", str(tmp_path / "lmdb"),
                        "--device", "cpu", "--batch_size", "5", "--workers", "0", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    # the independent count: both precisions over the same batches, compared string by string
-    loader = DataLoader(LmdbDataset(tmp_path / "lmdb", tokenizer, (config.img_h, config.img_w), "test"), batch_size=5,
-                        collate_fn=Collate())
-    predictions = {}
-    with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
-            texts = []
-            for batch in loader:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                    texts += tokenizer.decode(model(batch.images).logits)[0]
-            predictions[dtype] = texts
-    identical = sum(a == b for a, b in zip(predictions[torch.float32], predictions[torch.bfloat16]))
-    assert report["samples"] == len(words) and report["identical"] == identical
-    assert report["identical_percent"] == 100.0 * identical / len(words)
-    assert 0.0 <= report["accuracy_fp32"] <= 100.0 and 0.0 <= report["accuracy_bf16"] <= 100.0
+    texts = predictions(tmp_path / "lmdb")
+    same = [a == b for a, b in zip(texts[torch.float32], texts[torch.bfloat16])]
+    correct = [benchmark_normalize(p) == benchmark_normalize(w) for p, w in zip(texts[torch.float32], labels)]
+    assert sum(correct) >= 1
+    assert report["samples"] == len(words) and report["identical"] == sum(same)
+    assert report["identical_percent"] == 100.0 * sum(same) / len(words)
+    assert report["identical_percent_where_fp32_correct"] == 100.0 * sum(s for s, c in zip(same, correct) if c) / sum(correct)
+    assert report["accuracy_fp32"] == 100.0 * sum(correct) / len(words)
 
 
 def test_agreement_needs_eval_data(capsys):
