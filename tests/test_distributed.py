@@ -69,8 +69,10 @@ def _sync_batchnorm_worker(rank: int, init_file: str, x: torch.Tensor, upstream:
     (out * upstream.chunk(2)[rank]).sum().backward()
     dist.all_reduce(layer.weight.grad)
     dist.all_reduce(layer.bias.grad)
-    queue.put((rank, out.detach(), part.grad, layer.weight.grad, layer.bias.grad, layer.running_mean,
-               layer.running_var, type(layer).__name__))
+    # numpy arrays travel by value; tensors would go by file descriptor, which the parent cannot fetch
+    # once this process has exited
+    tensors = (out.detach(), part.grad, layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var)
+    queue.put((rank, *(t.numpy() for t in tensors), type(layer).__name__))
     dist.destroy_process_group()
 
 
@@ -96,6 +98,7 @@ def test_cpu_sync_batchnorm_over_two_processes_equals_batchnorm_over_the_whole_b
         for process in processes:
             process.join(60)
             assert process.exitcode == 0
+    results = {rank: [torch.from_numpy(a) for a in items[:-1]] + [items[-1]] for rank, items in results.items()}
     out = torch.cat([results[0][0], results[1][0]])
     grad = torch.cat([results[0][1], results[1][1]])
     assert results[0][6] == "CpuSyncBatchNorm"
