@@ -270,6 +270,7 @@ def bench_agreement(args: argparse.Namespace) -> dict:
             "channels_last": channels_last, "samples": full.num_samples, "identical": sum(same),
             "identical_percent": 100.0 * sum(same) / max(full.num_samples, 1),
             "identical_percent_where_fp32_correct": 100.0 * same_when_correct / max(sum(correct), 1),
+            "changed_max_fp32_confidence": max((c for (_, _, c), s in zip(full.predictions, same) if not s), default=None),
             "accuracy_fp32": full.accuracy, "accuracy_bf16": half.accuracy}
 
 
@@ -310,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{report['identical']} identical predictions ({report['identical_percent']:.2f} %; "
               f"{report['identical_percent_where_fp32_correct']:.2f} % of those fp32 reads correctly); accuracy "
               f"fp32 {report['accuracy_fp32']:.2f} %, bf16 {report['accuracy_bf16']:.2f} %")
+        if report["changed_max_fp32_confidence"] is not None:
+            print(f"the predictions bf16 changes have fp32 confidence ≤ {report['changed_max_fp32_confidence']:.3f}")
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))
         return 0

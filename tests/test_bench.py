@@ -56,27 +56,29 @@ def test_agreement_counts_identical_fp32_and_bf16_predictions(tmp_path):
     model, tokenizer, config = write_tiny_checkpoint(tmp_path / "tiny.pth", "SIGA_R")
     words = ["hello", "world", "street", "coffee", "exit", "london", "open", "hotel", "bank", "taxi", "river", "north"]
 
-    def predictions(path: Path) -> dict[torch.dtype, list[str]]:
+    def predictions(path: Path) -> tuple[dict[torch.dtype, list[str]], list[float]]:
         """The independent count: both precisions over the same batches as bench.py's."""
         loader = DataLoader(LmdbDataset(path, tokenizer, (config.img_h, config.img_w), "test"), batch_size=5,
                             collate_fn=Collate())
-        texts = {torch.float32: [], torch.bfloat16: []}
+        texts, confidences = {torch.float32: [], torch.bfloat16: []}, {torch.float32: [], torch.bfloat16: []}
         with torch.inference_mode():
             for dtype, found in texts.items():
                 for batch in loader:
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                        found += tokenizer.decode(model(batch.images).logits)[0]
-        return texts
+                        read, confidence = tokenizer.decode(model(batch.images).logits)
+                    found += read
+                    confidences[dtype] += confidence
+        return texts, confidences[torch.float32]
 
     # label every other image with the model's own fp32 reading, so that some predictions are correct
-    first = predictions(make_word_lmdb(tmp_path / "scratch", words))[torch.float32]
+    first = predictions(make_word_lmdb(tmp_path / "scratch", words))[0][torch.float32]
     labels = [p if i % 2 == 0 and p else w for i, (p, w) in enumerate(zip(first, words))]
     make_word_lmdb(tmp_path / "lmdb", words, labels=labels)
     out = tmp_path / "agreement.json"
     assert bench.main(["--agreement", str(tmp_path / "tiny.pth"), "--eval_data", str(tmp_path / "lmdb"),
                        "--device", "cpu", "--batch_size", "5", "--workers", "0", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    texts = predictions(tmp_path / "lmdb")
+    texts, confidence = predictions(tmp_path / "lmdb")
     same = [a == b for a, b in zip(texts[torch.float32], texts[torch.bfloat16])]
     correct = [benchmark_normalize(p) == benchmark_normalize(w) for p, w in zip(texts[torch.float32], labels)]
     assert sum(correct) >= 1
@@ -84,6 +86,8 @@ def test_agreement_counts_identical_fp32_and_bf16_predictions(tmp_path):
     assert report["identical_percent"] == 100.0 * sum(same) / len(words)
     assert report["identical_percent_where_fp32_correct"] == 100.0 * sum(s for s, c in zip(same, correct) if c) / sum(correct)
     assert report["accuracy_fp32"] == 100.0 * sum(correct) / len(words)
+    changed = [c for c, s in zip(confidence, same) if not s]
+    assert report["changed_max_fp32_confidence"] == pytest.approx(max(changed) if changed else None)
 
 
 def test_agreement_needs_eval_data(capsys):
