@@ -20,6 +20,7 @@ from dataset import Collate, Sample
 from model import MEMORY_FORMATS, build_model, is_official_checkpoint, official_model, use_channels_last
 from utils import Config, Tokenizer, check_checkpoint, read_checkpoint_file
 
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """The device and speed options test.py and demo.py share."""
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
