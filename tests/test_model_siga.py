@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from golden import OFFICIAL_KEYS, official_rule_state_dict, official_shapes
+from golden import official_rule_state_dict, official_shapes
 from inference import load_model
 from model import (OFFICIAL_IGNORED, SIGA_R, build_model, convert_official_state_dict, load_official, load_tps,
                    official_name)

@@ -10,7 +10,6 @@ import torch
 
 from golden import GOLDEN, load_golden, official_rule_state_dict, rule_parameters
 from model import build_model, convert_official_state_dict, visual_sequence
-from modules.losses import SigaLossSettings, recognition_loss, siga_loss_terms
 from utils import Tokenizer, make_config
 
 pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="needs ../shared/data/golden")
