@@ -228,11 +228,10 @@ def bench_setting(args: argparse.Namespace, device: torch.device, dtype_name: st
 def bench_loader(args: argparse.Namespace) -> dict:
     """Training loader throughput (SIGA_R data: images, stored masks, augmentation) on the demo data."""
     from train import DEMO_ROOT, demo_data_paths, ensure_demo_data, make_train_loader
+    from train import parse_args as train_args
 
     ensure_demo_data()
     train_root, valid_root, mask_root = demo_data_paths()
-    from train import parse_args as train_args
-
     options = train_args(["--train_data", train_root, "--valid_data", valid_root, "--mask_root", mask_root])
     config = make_config("paper", model="SIGA_R", batch_size=args.batch_size, workers=args.workers)
     loader, _ = make_train_loader(options, config, Tokenizer.from_config(config), True, DistEnv(), 0)

@@ -354,7 +354,7 @@ def evaluate(model: torch.nn.Module, loader: Iterable, tokenizer: Tokenizer, dev
 
 
 # --------------------------------------------------------------------------------------------------
-# Seeding, checkpoints, learning-rate schedule
+# Process set-up, seeding, checkpoints, learning-rate schedule
 # --------------------------------------------------------------------------------------------------
 #: glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -364,8 +364,9 @@ def retain_freed_cpu_memory() -> bool:
     """Make glibc's malloc keep freed memory in the process heap instead of unmapping it (Linux only;
     returns whether it applied). Glibc serves blocks above 32 MiB with a fresh mmap and returns them to
     the OS when freed, so every CPU training step page-faults and zero-fills its largest activations
-    again: SIGA_R's full-resolution 128-channel glyph maps (128 MiB each at batch 32) cost ~20 % of its
-    step that way (bench.py). The peak resident memory is the same; it is just not given back."""
+    again: SIGA_R's full-resolution 128-channel glyph maps (128 MiB each at batch 32) made its paper-size
+    training step 7.7 s instead of 6.2 s that way. The resident memory then stays at its peak between
+    steps instead of shrinking."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
