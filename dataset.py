@@ -1,130 +1,33 @@
-"""LMDB datasets (clovaai layout), mask pairing, joint augmentation, collation and samplers.
+"""Datasets over the clovaai LMDBs: samples with their masks, joint augmentation, collation, selection.
 
-An image LMDB holds ``num-samples`` and 1-based ``image-%09d`` / ``label-%09d`` keys (SPEC §1.1);
-a mask LMDB holds ``mask-%09d`` PNGs with values {0, 1} under the same index (SPEC §1.4).
+The LMDB layout itself (keys, reading, writing, image decoding) is :mod:`lmdb_io`; the order in which
+samples are drawn is :mod:`samplers`.
 """
 from __future__ import annotations
 
 import bisect
 import io
-import itertools
 import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import lmdb
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from mask_create.kmeans import text_mask_from_pil
-from utils import IMAGENET_MEAN, IMAGENET_STD, Tokenizer
+from lmdb_io import (IMAGE_KEY, LABEL_KEY, MASK_KEY, DataSourceError, UndecodableImage, decode_image,
+                     find_lmdb_leaves, is_lmdb_dir, open_lmdb, read_num_samples)
+from modules.kmeans_mask import text_mask_from_pil
+from samplers import DrawKey, ShardSampler
+from tokenizer import Tokenizer
 
-IMAGE_KEY = "image-%09d"
-LABEL_KEY = "label-%09d"
-MASK_KEY = "mask-%09d"
-NUM_SAMPLES_KEY = b"num-samples"
-
-
-class DataSourceError(RuntimeError):
-    """An LMDB that cannot be read at all (as opposed to one corrupt sample, which is skipped)."""
-
-
-def is_lmdb_dir(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a directory holding an LMDB ``data.mdb``."""
-    return (Path(path) / "data.mdb").is_file()
-
-
-def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
-    """Open an LMDB read-only with the settings of SPEC §1.1; a clear error when it is not one."""
-    if not is_lmdb_dir(path):
-        raise FileNotFoundError(f"{path}: not an LMDB directory (no data.mdb inside)")
-    return lmdb.open(str(path), max_readers=32, readonly=True, lock=False, readahead=False, meminit=False)
-
-
-def read_num_samples(env: lmdb.Environment, path: str | os.PathLike) -> int:
-    """The ``num-samples`` entry of an image LMDB, with an error naming ``path`` if absent or bad."""
-    with env.begin(write=False) as txn:
-        raw = txn.get(NUM_SAMPLES_KEY)
-    if raw is None:
-        raise ValueError(f"{path}: LMDB has no 'num-samples' key")
-    try:
-        return int(raw.decode())
-    except ValueError as error:
-        raise ValueError(f"{path}: 'num-samples' is not an integer: {raw!r}") from error
-
-
-def find_lmdb_leaves(root: str | os.PathLike) -> list[Path]:
-    """Every LMDB directory at or below ``root``, sorted (a 'leaf' dataset of SPEC §1.1)."""
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: data path does not exist")
-    leaves = [Path(d) for d, _, files in os.walk(root, followlinks=True) if "data.mdb" in files]
-    if not leaves:
-        raise FileNotFoundError(f"{root}: no LMDB (directory with data.mdb) found at or below it")
-    return sorted(leaves)
-
-
-class LmdbWriter:
-    """Write an LMDB in the clovaai layout, committing in chunks; ``num-samples`` is written on close.
-
-    Used by the synthetic generator, ``tools/create_lmdb_dataset.py`` and the mask generator.
-    """
-
-    def __init__(self, path: str | os.PathLike, map_size: int = 1 << 40, commit_every: int = 1000):
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self.path = Path(path)
-        self.env = lmdb.open(str(path), map_size=map_size)
-        self.commit_every = commit_every
-        self._cache: dict[bytes, bytes] = {}
-        self.num_samples = 0
-
-    def put(self, key: str, value: bytes) -> None:
-        self._cache[key.encode()] = value
-        if len(self._cache) >= self.commit_every:
-            self.flush()
-
-    def add_sample(self, image_bytes: bytes, label: str) -> int:
-        """Append one image/label pair under the next 1-based index and return that index."""
-        self.num_samples += 1
-        self.put(IMAGE_KEY % self.num_samples, image_bytes)
-        self.put(LABEL_KEY % self.num_samples, label.encode("utf-8"))
-        return self.num_samples
-
-    def put_items(self, items: Iterable[tuple[str, bytes]]) -> None:
-        for key, value in items:
-            self.put(key, value)
-
-    def flush(self) -> None:
-        if self._cache:
-            with self.env.begin(write=True) as txn:
-                for key, value in self._cache.items():
-                    txn.put(key, value)
-            self._cache.clear()
-
-    def close(self, num_samples: int | None = None) -> None:
-        """Flush and write ``num-samples`` (the count of added samples unless given)."""
-        count = self.num_samples if num_samples is None else num_samples
-        self.put(NUM_SAMPLES_KEY.decode(), str(count).encode())
-        self.flush()
-        self.env.close()
-
-    def __enter__(self) -> "LmdbWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def encode_png(array) -> bytes:
-    """PNG bytes of a 2-D uint8 array (used for {0,1} masks) or an HxWx3 RGB array."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per-channel RGB statistics the images are normalised with (Collate)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,6 +49,8 @@ class Batch:
 
 @dataclass
 class Sample:
+    """One decoded training or test sample, ready for :class:`Collate`."""
+
     image: np.ndarray  # uint8 [H, W, 3], already resized
     mask: np.ndarray | None  # float32 [H, W]
     label: str
@@ -153,6 +58,8 @@ class Sample:
 
 @dataclass
 class Skipped:
+    """A sample that could not be read (which LMDB, which 1-based index, why); reported, never replaced."""
+
     path: str
     index: int
     reason: str
@@ -254,10 +161,9 @@ class LmdbDataset(Dataset):
         except UnicodeDecodeError:
             return Skipped(self.path, index, "label is not UTF-8")
         try:
-            image = Image.open(io.BytesIO(image_bytes))
-            image = image.convert("RGB")
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-            return Skipped(self.path, index, f"undecodable image ({error.__class__.__name__})")
+            image = decode_image(image_bytes)
+        except UndecodableImage as error:
+            return Skipped(self.path, index, error.summary)
         mask = None
         if self.need_masks:
             mask = self._load_mask(index, image, rng)
@@ -364,16 +270,19 @@ class SkipTally:
         self.counts: Counter = Counter() if counts is None else counts
 
     def add(self, skipped: Iterable[tuple[str, int, str]]) -> None:
+        """Count a batch's ``skipped`` list of (LMDB path, index, reason)."""
         self.counts.update((path, reason) for path, _, reason in skipped)
 
     @classmethod
     def merged(cls, tallies: Iterable["SkipTally"]) -> "SkipTally":
+        """One tally summing ``tallies`` (e.g. those gathered from every rank)."""
         total: Counter = Counter()
         for tally in tallies:
             total.update(tally.counts)
         return cls(total)
 
     def total(self) -> int:
+        """The number of skipped samples over every LMDB and reason."""
         return sum(self.counts.values())
 
     def per_lmdb(self) -> dict[str, int]:
@@ -393,9 +302,6 @@ class SkipTally:
         return "\n".join(lines)
 
 
-DrawKey = tuple[int, int, int]  # (index into the training concatenation, epoch, position of the draw in that epoch)
-
-
 class TrainingDraws(ConcatDataset):
     """The training LMDBs addressed by :data:`DrawKey`: each draw's randomness (augmentation, K-means
     initialisation) comes from ``numpy.random.default_rng([seed, epoch, position])``, a function of the
@@ -410,104 +316,6 @@ class TrainingDraws(ConcatDataset):
         leaf = bisect.bisect_right(self.cumulative_sizes, index)
         offset = index - (self.cumulative_sizes[leaf - 1] if leaf else 0)
         return self.datasets[leaf].load(offset, np.random.default_rng([self.seed, epoch, position]))
-
-
-class EndlessBatchSampler(Sampler[list[DrawKey]]):
-    """This rank's training batches, epoch after epoch without end, starting at global batch ``start``.
-
-    Epoch ``e``'s batches depend only on the seed and ``e``; batch ``k`` of the run is the same set of
-    draws for any world size with the same global batch (each rank holds its share), which is what
-    makes resumption exact (``start`` = the iterations done) and multi-process runs comparable.
-    """
-
-    batches_per_epoch: int
-
-    def __init__(self, start: int = 0):
-        self.start = start
-
-    def epoch_batches(self, epoch: int) -> Iterator[list[DrawKey]]:
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[list[DrawKey]]:
-        epoch, skip = divmod(self.start, self.batches_per_epoch)
-        while True:
-            yield from itertools.islice(self.epoch_batches(epoch), skip, None)
-            epoch, skip = epoch + 1, 0
-
-
-class ShuffledBatchSampler(EndlessBatchSampler):
-    """Uniform sampling without replacement over the concatenation (the official SIGA_R order):
-    a :class:`DistributedSampler` shuffles each epoch (``set_epoch``) and deals the permutation out
-    round-robin to the ranks; incomplete batches at the end of an epoch are dropped."""
-
-    def __init__(self, dataset_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start: int = 0):
-        super().__init__(start)
-        self.sampler = DistributedSampler(range(dataset_size), num_replicas=world_size, rank=rank, shuffle=True,
-                                          seed=seed, drop_last=True)
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
-        self.batches_per_epoch = len(self.sampler) // batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"{dataset_size} training samples, fewer than one global batch of "
-                             f"{batch_size} × {world_size} processes")
-
-    def epoch_batches(self, epoch: int) -> Iterator[list[DrawKey]]:
-        self.sampler.set_epoch(epoch)
-        order = list(self.sampler)
-        size, world, rank = self.batch_size, self.world_size, self.rank
-        for first in range(0, self.batches_per_epoch * size, size):
-            yield [(order[q], epoch, q * world + rank) for q in range(first, first + size)]
-
-
-class RatioBatchSampler(EndlessBatchSampler):
-    """Global batches with a fixed share of each group (``--batch_ratio``), indices into their
-    concatenation; each rank takes every ``world_size``-th slot of the global batch.
-
-    Each group is drawn without replacement in its own shuffled order, restarting when exhausted;
-    the epoch length is that of the largest group at its share.
-    """
-
-    def __init__(self, group_sizes: Sequence[int], ratios: Sequence[float], batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, start: int = 0):
-        super().__init__(start)
-        if len(group_sizes) != len(ratios):
-            raise ValueError(f"{len(ratios)} batch ratios given for {len(group_sizes)} selected datasets")
-        if any(size == 0 for size in group_sizes):
-            raise ValueError(f"a selected dataset is empty (sizes {list(group_sizes)})")
-        global_batch = batch_size * world_size
-        shares = np.asarray(ratios, dtype=np.float64) / float(np.sum(ratios))
-        counts = np.maximum(1, np.floor(shares * global_batch).astype(int))
-        counts[int(np.argmax(shares))] += global_batch - counts.sum()
-        self.counts = counts.tolist()
-        self.sizes = list(group_sizes)
-        self.offsets = np.concatenate([[0], np.cumsum(group_sizes)[:-1]]).tolist()
-        self.seed, self.rank, self.world_size, self.global_batch = seed, rank, world_size, global_batch
-        self.batches_per_epoch = max(-(-size // count) for size, count in zip(self.sizes, self.counts))
-
-    def epoch_batches(self, epoch: int) -> Iterator[list[DrawKey]]:
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        streams = []
-        for size, count, offset in zip(self.sizes, self.counts, self.offsets):
-            repeats = -(-self.batches_per_epoch * count // size)
-            order = torch.cat([torch.randperm(size, generator=generator) for _ in range(repeats)])
-            streams.append(order[: self.batches_per_epoch * count].view(self.batches_per_epoch, count) + offset)
-        slots = range(self.rank, self.global_batch, self.world_size)
-        for number, row in enumerate(torch.cat(streams, 1).tolist()):
-            yield [(row[slot], epoch, number * self.global_batch + slot) for slot in slots]
-
-
-class ShardSampler(Sampler[int]):
-    """Every ``world_size``-th index from ``rank``, with no padding: the ranks' shards partition the
-    dataset exactly, so summed results equal one process's."""
-
-    def __init__(self, size: int, rank: int, world_size: int):
-        self.indices = range(rank, size, world_size)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
 
 
 def make_eval_loader(path: str | os.PathLike, tokenizer: Tokenizer, img_size: tuple[int, int], batch_size: int,

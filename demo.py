@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from inference import add_inference_arguments, image_paths_for_cli, load_model_for_cli, readable_images, recognize, unreadable_report
-from utils import retain_freed_cpu_memory
+from inference import image_paths_for_cli, load_for_inference, readable_images, recognize, unreadable_report
+from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -22,7 +22,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py, or the authors' released SIGA_R checkpoint")
     parser.add_argument("--images", nargs="+", required=True, help="image files, directories or glob patterns")
     parser.add_argument("--batch_size", type=int, default=32)
-    add_inference_arguments(parser)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for inference")
+    parser.add_argument("--channels_last", choices=MEMORY_FORMATS, default="auto",
+                        help="convolutions in channels_last (auto: on CPU)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch_size must be positive")
@@ -32,7 +35,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     retain_freed_cpu_memory()
-    model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device, args.channels_last)
+    try:
+        model, tokenizer, config, device = load_for_inference(args.checkpoint, args.device, args.channels_last)
+    except ValueError as error:
+        parser.error(str(error))
     paths = image_paths_for_cli(args.images)
     if not paths:
         return 1
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, recognition in zip(names, recognitions):
             print(f"{name}\t{recognition.text}\t{recognition.confidence:.4f}", flush=True)
     return unreadable_report(read, len(paths))
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,9 @@
-"""Inference helpers shared by ``test.py`` and ``demo.py``: rebuilding a model from a checkpoint, finding and
-loading image files of any PIL mode, and preprocessing them exactly like the LMDB datasets do."""
+"""Reading text from image files: a checkpoint's model ready for inference, finding and loading image files of
+any PIL mode, preprocessing them exactly like the LMDB datasets do, and recognising them."""
 from __future__ import annotations
 
-import argparse
 import glob
 import os
-import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,72 +14,34 @@ import torch
 from natsort import natsorted
 from PIL import Image, ImageOps
 
+from checkpoint import load_model
+from config import Config
 from dataset import Collate, Sample
-from model import MEMORY_FORMATS, build_model, is_official_checkpoint, official_model, use_channels_last
-from utils import Config, Tokenizer, check_checkpoint, read_checkpoint_file
-
-
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """The device and speed options test.py and demo.py share."""
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for inference")
-    parser.add_argument("--channels_last", choices=MEMORY_FORMATS, default="auto",
-                        help="convolutions in channels_last (auto: on CPU)")
+from evaluation import evaluation_mode, predict
+from tokenizer import Tokenizer
+from utils import use_channels_last
 
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 _GLOB_CHARS = frozenset("*?[")
 
 
-# --------------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------------
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Tokenizer, Config]:
-    """Rebuild the model of a checkpoint written by ``train.py`` or of the authors' released SIGA_R
-    checkpoint (``{'net': ...}``), on ``device`` and in eval mode.
-
-    The single place where checkpoints become models (test.py and demo.py both use it). Raises
-    ``FileNotFoundError`` for a missing file and ``ValueError`` for something that is not a checkpoint.
-    """
-    try:
-        raw = read_checkpoint_file(path, map_location="cpu")
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:  # not a torch file, truncated, or unsafe
-        raise ValueError(f"{path}: not a readable checkpoint ({error.__class__.__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
-    if is_official_checkpoint(raw):
-        model, config = official_model(raw, path)
-        return model.to(device).eval(), Tokenizer.from_config(config), config
-    checkpoint = check_checkpoint(raw, path)
-    config = Config.from_dict(checkpoint["config"])
-    if checkpoint.get("charset"):
-        tokenizer = Tokenizer(checkpoint["charset"], config.max_label_length, config.sensitive)
-    else:
-        tokenizer = Tokenizer.from_config(config)
-    model = build_model(config, tokenizer)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not fit the {config.model} model its config describes: {error}") from error
-    model.to(device).eval()
-    return model, tokenizer, config
-
-
-def load_model_for_cli(parser: argparse.ArgumentParser, checkpoint: str, device_name: str, channels_last: str = "auto"
+def load_for_inference(checkpoint: str | os.PathLike, device_name: str, channels_last: str = "auto"
                        ) -> tuple[torch.nn.Module, Tokenizer, Config, torch.device]:
-    """``load_model`` for an entry point, in the memory format ``channels_last`` asks for (see
-    ``model.use_channels_last``): a missing file, an unusable device or an unloadable checkpoint ends the
-    program through ``parser.error`` with a message naming it."""
+    """``checkpoint.load_model`` on the named device, in the memory format ``channels_last`` asks for (see
+    ``utils.use_channels_last``). A missing file, an unusable device or an unloadable checkpoint is a
+    ValueError whose message names it (entry points report it as a usage error)."""
     if not Path(checkpoint).is_file():
-        parser.error(f"checkpoint not found: {checkpoint}")
+        raise ValueError(f"checkpoint not found: {checkpoint}")
     try:
         device = torch.device(device_name)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as error:
-        parser.error(f"device {device_name!r} is not usable: {error}")
+        raise ValueError(f"device {device_name!r} is not usable: {error}") from error
     try:
         model, tokenizer, config = load_model(checkpoint, device)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
-        parser.error(f"cannot load checkpoint {checkpoint}: {error}")
+        raise ValueError(f"cannot load checkpoint {checkpoint}: {error}") from error
     use_channels_last(model, channels_last, device, training=False)
     return model, tokenizer, config, device
 
@@ -228,21 +188,14 @@ class Recognition:
     confidence: float
 
 
-@torch.inference_mode()
 def recognize(model: torch.nn.Module, tokenizer: Tokenizer, config: Config, images: Sequence[Image.Image],
               device: torch.device | str = "cpu", batch_size: int = 32,
               amp_dtype: torch.dtype | None = None) -> list[Recognition]:
-    """Greedy predictions for PIL images, in batches of ``batch_size``."""
-    device = torch.device(device)
-    batch_size = max(batch_size, 1)
-    was_training = model.training
-    model.eval()
+    """Greedy predictions for PIL images, in batches of ``batch_size``, with the model in eval mode."""
     results: list[Recognition] = []
-    for start in range(0, len(images), batch_size):
-        batch = preprocess(images[start : start + batch_size], config).to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(batch).logits
-        texts, confidences = tokenizer.decode(logits)
-        results.extend(Recognition(t, c) for t, c in zip(texts, confidences))
-    model.train(was_training)
+    with evaluation_mode(model):
+        for start in range(0, len(images), max(batch_size, 1)):
+            batch = preprocess(images[start : start + max(batch_size, 1)], config)
+            texts, confidences = predict(model, batch, tokenizer, device, amp_dtype)
+            results.extend(Recognition(text, confidence) for text, confidence in zip(texts, confidences))
     return results

@@ -9,157 +9,16 @@ Predictions and labels are compared after lowercasing and keeping [0-9a-z] only.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
 
-from dataset import Collate, LmdbDataset, find_lmdb_leaves, is_lmdb_dir
-from inference import add_inference_arguments, load_model_for_cli
-from utils import EvalResult, benchmark_normalize, evaluate, retain_freed_cpu_memory, weighted_total
-
-BENCHMARKS = ("IIIT5k_3000", "SVT", "IC03_860", "IC03_867", "IC13_857", "IC13_1015", "IC15_1811", "IC15_2077",
-              "SVTP", "CUTE80", "MPSC", "ArbitText")
-STANDARD_BENCHMARKS = BENCHMARKS[:10]  # the sets of the weighted total (SPEC §6)
-
-
-@dataclass
-class EvalSet:
-    """A named evaluation set: one LMDB, or several under a benchmark folder, read as one."""
-
-    name: str
-    leaves: list[Path]
-
-
-@dataclass
-class SetResult:
-    name: str
-    result: EvalResult
-    skipped: list[tuple[str, int, str]] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)  # 1-based sample index of each kept prediction
-
-    def row(self) -> dict:
-        return {"name": self.name, "n": self.result.num_samples, "correct": self.result.num_correct,
-                "accuracy": self.result.accuracy, "ned": self.result.ned, "confidence": self.result.mean_confidence,
-                "skipped": len(self.skipped)}
-
-
-def _has_lmdb(folder: Path) -> bool:
-    return any("data.mdb" in files for _, _, files in os.walk(folder, followlinks=True))
-
-
-def resolve_eval_sets(root: str | os.PathLike, benchmarks_only: bool = False) -> tuple[list[EvalSet], list[str]]:
-    """The sets to evaluate under ``root`` and the benchmark names not found there.
-
-    Benchmarks are direct subdirectories matched by name (exactly, else ignoring case); other LMDB
-    leaves follow, named by their path relative to ``root``.
-    """
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: evaluation data path does not exist")
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: evaluation data path is not a directory")
-    if is_lmdb_dir(root):
-        return [EvalSet(root.resolve().name, [root])], []
-    subdirs = {p.name: p for p in sorted(root.iterdir()) if p.is_dir()}
-    folded = {name.lower(): p for name, p in subdirs.items()}
-    sets, missing, claimed = [], [], []
-    for name in BENCHMARKS:
-        folder = subdirs.get(name) or folded.get(name.lower())
-        leaves = find_lmdb_leaves(folder) if folder is not None and _has_lmdb(folder) else []
-        if leaves:
-            sets.append(EvalSet(name, leaves))
-            claimed.append(folder.resolve())
-        else:
-            missing.append(name)
-    if not benchmarks_only and _has_lmdb(root):
-        for leaf in find_lmdb_leaves(root):
-            resolved = leaf.resolve()
-            if any(resolved == c or c in resolved.parents for c in claimed):
-                continue
-            sets.append(EvalSet(leaf.relative_to(root).as_posix(), [leaf]))
-    if not sets:
-        what = "benchmark folder" if benchmarks_only else "LMDB (directory with data.mdb)"
-        raise FileNotFoundError(f"{root}: no {what} found")
-    return sets, missing
-
-
-class _TrackSkipped:
-    """Iterate a loader for utils.evaluate, recording samples the collate dropped and leaving out empty batches."""
-
-    def __init__(self, loader: DataLoader):
-        self.loader = loader
-        self.skipped: list[tuple[str, int, str]] = []
-
-    def __iter__(self):
-        for batch in self.loader:
-            self.skipped.extend(batch.skipped)
-            if len(batch):
-                yield batch
-
-
-def evaluate_set(model, tokenizer, config, eval_set: EvalSet, device: torch.device, batch_size: int, workers: int,
-                 amp_dtype: torch.dtype | None = None, keep_predictions: bool = False) -> SetResult:
-    """Score one set; unreadable samples are left out of n and returned in ``skipped``."""
-    datasets = [LmdbDataset(leaf, tokenizer, (config.img_h, config.img_w), "test") for leaf in eval_set.leaves]
-    loader = DataLoader(ConcatDataset(datasets), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=Collate(), pin_memory=device.type == "cuda")
-    tracked = _TrackSkipped(loader)
-    result = evaluate(model, tracked, tokenizer, device, keep_predictions=keep_predictions, amp_dtype=amp_dtype)
-    offsets, start = {}, 0
-    for dataset in datasets:
-        offsets[dataset.path] = start
-        start += len(dataset)
-    dropped = {offsets.get(path, 0) + index for path, index, _ in tracked.skipped}
-    positions = [p for p in range(1, start + 1) if p not in dropped] if keep_predictions else []
-    return SetResult(eval_set.name, result, tracked.skipped, positions)
-
-
-def compute_totals(results: list[SetResult]) -> dict[str, dict]:
-    """'standard': over the SPEC §6 ten benchmarks present; 'all': over every evaluated set (when different)."""
-    totals = {}
-    standard = [r for r in results if r.name in STANDARD_BENCHMARKS]
-    if standard:
-        total = SetResult(f"total ({len(standard)}/{len(STANDARD_BENCHMARKS)} standard benchmarks)",
-                          weighted_total(r.result for r in standard), [s for r in standard for s in r.skipped])
-        totals["standard"] = {**total.row(), "datasets": [r.name for r in standard]}
-    if len(standard) != len(results):
-        total = SetResult(f"total (all {len(results)} sets)", weighted_total(r.result for r in results),
-                          [s for r in results for s in r.skipped])
-        totals["all"] = {**total.row(), "datasets": [r.name for r in results]}
-    return totals
-
-
-def format_table(rows: list[dict], totals: list[dict]) -> str:
-    width = max([len("dataset")] + [len(r["name"]) for r in rows + totals])
-    header = f"{'dataset':<{width}}  {'n':>8}  {'accuracy':>8}  {'NED':>6}  {'conf':>6}"
-    rule = "-" * len(header)
-
-    def line(r: dict) -> str:
-        skipped = f"  ({r['skipped']} unreadable skipped)" if r.get("skipped") else ""
-        return (f"{r['name']:<{width}}  {r['n']:>8d}  {r['accuracy']:>8.2f}  {r['ned']:>6.4f}  "
-                f"{r['confidence']:>6.4f}{skipped}")
-
-    lines = [header, rule, *map(line, rows)]
-    if totals:
-        lines += [rule, *map(line, totals)]
-    return "\n".join(lines)
-
-
-def write_predictions(path: str, results: list[SetResult]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["dataset", "index", "prediction", "ground_truth", "correct", "confidence"])
-        for set_result in results:
-            for position, (prediction, target, confidence) in zip(set_result.positions, set_result.result.predictions):
-                correct = int(benchmark_normalize(prediction) == benchmark_normalize(target))
-                writer.writerow([set_result.name, position, prediction, target, correct, f"{confidence:.6f}"])
-
+from benchmarks import BENCHMARKS, SetResult, compute_totals, evaluate_set, format_table, resolve_eval_sets, write_predictions
+from inference import load_for_inference
+from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,7 +28,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
                         help="evaluate only the benchmark list of SPEC §6 under --eval_data (no other LMDBs)")
     parser.add_argument("--batch_size", type=int, default=None, help="default: the checkpoint's eval batch size")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader workers")
-    add_inference_arguments(parser)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off", help="bf16 autocast for inference")
+    parser.add_argument("--channels_last", choices=MEMORY_FORMATS, default="auto",
+                        help="convolutions in channels_last (auto: on CPU)")
     parser.add_argument("--save_predictions", metavar="CSV", help="write per-sample predictions to this CSV file")
     parser.add_argument("--json", metavar="PATH", help="write the table (per set and totals) as JSON")
     args = parser.parse_args(argv)
@@ -189,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         eval_sets, missing = resolve_eval_sets(args.eval_data, args.benchmark_all_eval)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device, args.channels_last)
+    try:
+        model, tokenizer, config, device = load_for_inference(args.checkpoint, args.device, args.channels_last)
+    except ValueError as error:
+        parser.error(str(error))
     batch_size = args.batch_size or config.eval_batch_size
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
 

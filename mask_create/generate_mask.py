@@ -8,9 +8,9 @@ Every LMDB leaf ``ROOT/<rel>`` gets one mask LMDB at ``OUT/<rel>``, the path ``d
 (and so ``train.py --train_data ROOT --mask_root OUT``) opens. It holds ``mask-%09d`` for every index
 1..N of the image LMDB (the official generator missed index N, bug #26) and ``num-samples`` = N. A mask
 is the PNG of the {0, 1} uint8 K-means mask at the image's original resolution, computed exactly as the
-dataset's on-the-fly fallback does: the stored bytes decoded by PIL, converted to RGB, then to "L"
-(``text_mask_from_pil``). The K-means restarts of index i are drawn from ``seed + i`` (:func:`mask_seed`),
-so the output depends neither on the number of workers nor on the order shards finish in.
+dataset's on-the-fly fallback does: the stored bytes decoded to RGB (``lmdb_io.decode_image``), then
+converted to "L" (``text_mask_from_pil``). The K-means restarts of index i are drawn from ``seed + i``
+(:func:`mask_seed`), so the output depends neither on the number of workers nor on the order shards finish in.
 
 Work is split into shards of ``--shard_size`` consecutive indices run by a pool of ``--workers``
 processes. Shard k of a leaf is written to its own LMDB in ``OUT/.mask_shards/<rel>/`` and a JSON
@@ -37,7 +37,6 @@ Exit status: 0 done (skipped images included), 1 failure, 2 bad arguments or no 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -50,22 +49,18 @@ from multiprocessing.pool import Pool as PoolType
 from pathlib import Path
 from typing import TextIO
 
-if not __package__:  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lmdb
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
-import lmdb  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from dataset import (IMAGE_KEY, MASK_KEY, LmdbWriter, encode_png, find_lmdb_leaves,  # noqa: E402
-                     is_lmdb_dir, mirror_mask_path, open_lmdb, read_num_samples)
-from mask_create.kmeans import text_mask_from_pil  # noqa: E402
-from mask_create.merge import MergeError, merge_shards  # noqa: E402
+from dataset import mirror_mask_path
+from lmdb_io import (IMAGE_KEY, MASK_KEY, LmdbWriter, UndecodableImage, decode_image, encode_png, find_lmdb_leaves,
+                     is_lmdb_dir, open_lmdb, read_num_samples)
+from mask_create.merge import MergeError, merge_shards
+from modules.kmeans_mask import text_mask_from_pil
 
 WORK_DIR_NAME = ".mask_shards"
-# What PIL raises for bytes that are not a (complete, sane) image; anything else is a bug and fails the run.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 class GenerationError(RuntimeError):
@@ -132,20 +127,6 @@ class LeafSummary:
     already_complete: bool = False
 
 
-def decode_image(data: bytes) -> tuple[Image.Image | None, str | None]:
-    """(RGB image, None), or (None, why it cannot be decoded); RGB as in ``LmdbDataset.__getitem__``."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB")
-    except UnidentifiedImageError:
-        return None, "undecodable image (not a recognised image format)"
-    except DECODE_ERRORS as error:
-        return None, f"undecodable image ({error.__class__.__name__}: {error})"
-    if rgb.width == 0 or rgb.height == 0:
-        return None, f"empty image ({rgb.width}x{rgb.height})"
-    return rgb, None
-
-
 def image_mask(image: Image.Image, seed: int) -> tuple[np.ndarray, bool]:
     """The uint8 {0,1} mask of ``image`` and whether it is the all-zero mask of a 1×1 image."""
     if image.width < 2 and image.height < 2:
@@ -169,9 +150,10 @@ def _run_shard(task: ShardTask) -> ShardResult:
                 if data is None:
                     result.skipped.append((index, f"missing key {IMAGE_KEY % index}"))
                     continue
-                image, problem = decode_image(data)
-                if image is None:
-                    result.skipped.append((index, problem))
+                try:
+                    image = decode_image(data)
+                except UndecodableImage as error:
+                    result.skipped.append((index, str(error)))
                     continue
                 mask, tiny = image_mask(image, mask_seed(task.seed, index))
                 writer.put(MASK_KEY % index, encode_png(mask))
@@ -350,6 +332,7 @@ def generate_masks(image_root: str | os.PathLike, mask_root: str | os.PathLike, 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``, default ``sys.argv``), checked so that a bad value fails before any work."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image_root", required=True, help="an image LMDB, or a folder searched for them")
     parser.add_argument("--mask_root", required=True, help="root of the mask LMDBs (mirrors --image_root)")
@@ -369,6 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Generate the masks; the exit status of the module docstring."""
     args = parse_args(argv)
     try:
         summaries = generate_masks(args.image_root, args.mask_root, args.workers, args.shard_size, args.seed,

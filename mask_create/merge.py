@@ -27,12 +27,9 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-if not __package__:  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lmdb
 
-import lmdb  # noqa: E402
-
-from dataset import LmdbWriter, find_lmdb_leaves, is_lmdb_dir, open_lmdb  # noqa: E402
+from lmdb_io import LmdbWriter, find_lmdb_leaves, is_lmdb_dir, open_lmdb
 
 MASK_KEY_PATTERN = re.compile(rb"^mask-(\d{9})$")
 MAX_LISTED = 10
@@ -136,6 +133,7 @@ def merge_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``, default ``sys.argv``), with a negative N refused."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", nargs="+", required=True, metavar="DIR",
                         help="shard LMDBs, or folders whose LMDBs are all shards")
@@ -151,6 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Merge the shards; the exit status of the module docstring."""
     args = parse_args(argv)
     try:
         shards = collect_shard_dirs(args.shards)

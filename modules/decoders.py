@@ -5,7 +5,7 @@
 * ``PositionAlignedDecoder``: an LSTM that reads row s of a sequence at step s (no attention).
 
 Teacher forcing when ``text_in`` = [SOS, c1, …] is given; greedy decoding otherwise, stopping once
-every sequence has emitted EOS (id 0). Steps can also be driven one at a time (``start``/``step``) so
+every sequence has emitted EOS. The tokenizer's SOS and EOS ids are constructor arguments. Steps can also be driven one at a time (``start``/``step``) so
 that several decoders can run in lockstep.
 """
 from __future__ import annotations
@@ -41,6 +41,11 @@ def greedy_steps(num_steps: int, max_steps: int | None) -> int:
     if not 1 <= max_steps <= num_steps:
         raise ValueError(f"max_steps must be between 1 and {num_steps}, got {max_steps}")
     return max_steps
+
+
+def embedding_rows(num_classes: int, sos_id: int) -> int:
+    """Rows of a decoder's token embedding: every output class and the start token."""
+    return max(num_classes, sos_id + 1)
 
 
 class AttentionCell(nn.Module):
@@ -87,25 +92,22 @@ class FusionAttentionCell(AttentionCell):
 class AttentionDecoder(nn.Module):
     """Attention LSTM decoder over an encoder sequence H [B, T, D].
 
-    ``num_classes`` = C (EOS = 0 plus the charset); the embedding has C + 1 rows, the last being SOS.
+    ``num_classes`` = C output classes; the embedding has one row per id up to ``sos_id`` (our layout:
+    C + 1 rows, SOS being the extra last one).
     """
 
     cell_type: type[AttentionCell] = AttentionCell
 
-    def __init__(self, input_size: int, hidden_size: int, num_classes: int, num_steps: int,
-                 embed_size: int | None = None):
+    def __init__(self, input_size: int, hidden_size: int, num_classes: int, num_steps: int, sos_id: int,
+                 eos_id: int, embed_size: int | None = None):
         super().__init__()
         embed_size = embed_size or hidden_size
         self.attention_cell = self.cell_type(input_size, hidden_size, embed_size)
         self.generator = nn.Linear(hidden_size, num_classes)
-        self.char_embeddings = nn.Embedding(num_classes + 1, embed_size)
+        self.char_embeddings = nn.Embedding(embedding_rows(num_classes, sos_id), embed_size)
         self.hidden_size = hidden_size
-        self.num_classes = num_classes
         self.num_steps = num_steps
-
-    @property
-    def sos_id(self) -> int:
-        return self.num_classes
+        self.sos_id, self.eos_id = sos_id, eos_id
 
     def start(self, features: torch.Tensor) -> tuple[State, torch.Tensor]:
         """Zero state and the step-independent projection i2h(H)."""
@@ -138,7 +140,7 @@ class AttentionDecoder(nn.Module):
 
     def _greedy(self, features: torch.Tensor, projected: torch.Tensor, state: State, glyphs: torch.Tensor | None,
                 early_stop: bool, steps: int) -> DecoderOutput:
-        """Feed back the argmax; optionally stop as soon as every sequence has emitted EOS (id 0)."""
+        """Feed back the argmax; optionally stop as soon as every sequence has emitted EOS."""
         batch = features.shape[0]
         token = torch.full((batch,), self.sos_id, dtype=torch.long, device=features.device)
         ended = torch.zeros(batch, dtype=torch.bool, device=features.device)
@@ -150,7 +152,7 @@ class AttentionDecoder(nn.Module):
             logits.append(step_logits)
             alphas.append(alpha)
             inputs.append(step_input)
-            ended |= token == 0
+            ended |= token == self.eos_id
             if early_stop and bool(ended.all()):
                 break
         fused = torch.stack(inputs, 1) if glyphs is not None else None
@@ -168,13 +170,13 @@ class FusionDecoder(AttentionDecoder):
 
 class PositionAlignedDecoder(nn.Module):
     """LSTM decoder reading row s of an aligned sequence G [B, ≥S, D] and the previous token at step s
-    (SPEC §3.7, §3.9); no attention. Embedding of C + 1 rows, the last being SOS."""
+    (SPEC §3.7, §3.9); no attention. Embedding rows as AttentionDecoder's."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_classes: int, embed_size: int):
+    def __init__(self, input_size: int, hidden_size: int, num_classes: int, embed_size: int, sos_id: int):
         super().__init__()
         self.rnn = nn.LSTMCell(input_size + embed_size, hidden_size)
         self.generator = nn.Linear(hidden_size, num_classes)
-        self.char_embeddings = nn.Embedding(num_classes + 1, embed_size)
+        self.char_embeddings = nn.Embedding(embedding_rows(num_classes, sos_id), embed_size)
         self.hidden_size = hidden_size
 
     def forward(self, rows: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:

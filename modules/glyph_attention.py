@@ -65,8 +65,10 @@ class GlyphAttentionNetwork(nn.Module):
         self.sequence_low = BiLSTM(feature_size, feature_size, feature_size)
         self.sequence_mid = BiLSTM(feature_size, feature_size, feature_size)
 
-    def forward(self, f0: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor, segmentation: bool = True) -> GlyphOutput:
-        """``segmentation=False`` skips the full-resolution branch, which only the losses need."""
+    def forward(self, levels: tuple[torch.Tensor, ...], segmentation: bool = True) -> GlyphOutput:
+        """``levels`` = (F0, F1, F2) of the backbone; ``segmentation=False`` skips the full-resolution branch,
+        which only the losses need."""
+        f0, f1, f2 = levels
         hidden_mid = self.mid_block(self.reduce_mid(f2))
         logits_mid = self.mid_head(hidden_mid)
         hidden_low = self.low_block(self.low_merge(torch.cat([self.up_low(hidden_mid), f1], 1)))

@@ -1,4 +1,5 @@
-"""Loss functions as pure functions of tensors (SPEC §4)."""
+"""Loss functions as pure functions of tensors (SPEC §4), and the total training loss of a model's
+teacher-forced output with every term by name."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +7,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from modules.outputs import RecognitionOutput, SigaOutput
 
 
 def step_mask(lengths: torch.Tensor, num_steps: int) -> torch.Tensor:
@@ -25,7 +28,8 @@ def recognition_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch
 
 @dataclass(frozen=True)
 class SigaLossSettings:
-    """The SIGA loss constants of SPEC §4 / §7 #28 (paper defaults for SIGA_R)."""
+    """The SIGA loss constants of SPEC §4 / §7 #28, with SIGA_R's paper values as defaults; the run's values
+    are ``Config.siga``."""
 
     mask_threshold: float = 0.5              # K-means mask binarisation for L_seg, strict ">" (§4.2)
     foreground_threshold: float = 0.5        # predicted foreground F̂ = [p_1 > 0.5] (§4.3)
@@ -185,3 +189,44 @@ def siga_loss_terms(warped_mask: torch.Tensor, seg_logits: torch.Tensor, attenti
     low, mid = scales
     weight = alignment_weight(iteration, settings)
     return SigaLossTerms(seg + weight * align.total + low.total + mid.total, seg, align, low, mid, weight)
+
+
+class LossResult(NamedTuple):
+    """The training loss and every term that makes it up, by name (``ce_<head>`` per recognition head, and
+    for SIGA ``seg``, ``align`` with ``align_ce``/``align_orthogonality``, ``glyph_low``/``glyph_mid`` with
+    their ``_ce``/``_dice`` parts), for logging."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+def siga_term_dict(siga: SigaLossTerms) -> dict[str, torch.Tensor]:
+    """The SIGA terms of SPEC §4.2–4.5 by their logged names."""
+    terms = {"seg": siga.seg, "align": siga.align.total, "align_ce": siga.align.cross_entropy,
+             "align_orthogonality": siga.align.orthogonality}
+    for scale, glyph in (("low", siga.low), ("mid", siga.mid)):
+        terms.update({f"glyph_{scale}": glyph.total, f"glyph_{scale}_ce": glyph.cross_entropy,
+                      f"glyph_{scale}_dice": glyph.dice})
+    return terms
+
+
+def training_loss(output: RecognitionOutput | SigaOutput, targets: torch.Tensor, lengths: torch.Tensor,
+                  iteration: int, settings: SigaLossSettings, num_steps: int,
+                  recognition_weight: float = 1.0) -> LossResult:
+    """The total loss: a CE per recognition head and, for SIGA, the SIGA losses (SPEC §4.6).
+
+    ``num_steps`` = S: the attention maps of a step-truncated batch are padded back to S columns for the
+    glyph pseudo-labels (the padded steps are past every label and get no label). ``recognition_weight``
+    scales the CE terms in the total (under DDP: this rank's share of the global token count, so that the
+    averaged gradient is that of the global token mean).
+    """
+    auxiliary = output.auxiliary_logits if isinstance(output, SigaOutput) else {}
+    terms = {f"ce_{name}": recognition_loss(logits, targets, lengths) for name, logits in auxiliary.items()}
+    terms["ce_final"] = recognition_loss(output.logits, targets, lengths)
+    total = torch.stack(list(terms.values())).sum() * recognition_weight
+    if not isinstance(output, SigaOutput):
+        return LossResult(total, terms)
+    attention = F.pad(output.attention, (0, num_steps - output.attention.shape[2]))
+    siga = siga_loss_terms(output.rectified_mask, output.seg_logits, attention, output.glyph_logits_low,
+                           output.glyph_logits_mid, lengths, iteration, settings)
+    return LossResult(total + siga.total, {**terms, **siga_term_dict(siga)})

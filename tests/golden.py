@@ -2,17 +2,20 @@
 
 The golden README defines every official SIGA_R parameter as a function of its key name and shape;
 ``official_rule_state_dict`` rebuilds that state_dict (plus the calibrated BatchNorm statistics) so
-that the official-checkpoint loader can be tested end to end against the official outputs.
+that the official-checkpoint loader can be tested end to end against the official outputs. Every read of
+``../shared`` goes through ``require``: a loud failure under CI, a skip naming the path elsewhere.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import zlib
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -23,8 +26,19 @@ BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 GRID_CONSTANTS = ("GridGenerator.inv_delta_C", "GridGenerator.P_hat")
 
 
+def require(path: Path) -> Path:
+    """``path`` (reference data under ``../shared``) if it exists. A missing one fails the test loudly when
+    the environment variable ``CI`` is ``true`` (CI must never pass by skipping), and skips it otherwise."""
+    if not path.exists():
+        message = f"reference data missing: {path}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def load_golden(name: str):
-    return torch.load(GOLDEN / name, map_location="cpu", weights_only=True)
+    return torch.load(require(GOLDEN / name), map_location="cpu", weights_only=True)
 
 
 def rule_uniform(key: str, n: int) -> np.ndarray:
@@ -82,7 +96,7 @@ def rule_value(key: str, shape: list[int], bn_prefixes: set[str]) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def official_shapes() -> dict[str, list[int]]:
-    return json.loads(OFFICIAL_KEYS.read_text())
+    return json.loads(require(OFFICIAL_KEYS).read_text())
 
 
 def rule_parameters() -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""bench.py: a smoke run at tiny sizes, the FLOP count it relies on, and the ratio arithmetic."""
+"""bench.py and benchmarking.py: a smoke run at tiny sizes, the FLOP count it relies on, the ratio arithmetic and
+the fp32/bf16 agreement count."""
 from __future__ import annotations
 
 import json
@@ -10,10 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import bench
-from conftest import make_word_lmdb, write_tiny_checkpoint
+from benchmarking import compare, forward_flops
+from conftest import make_word_lmdb, run_entry_point, write_tiny_checkpoint
 from dataset import Collate, LmdbDataset
-from utils import benchmark_normalize
+from evaluation import benchmark_normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,10 +38,10 @@ def test_bench_compare_smoke_run_writes_results_and_ratios(tmp_path):
 
 def test_forward_flops_counts_convolutions_linears_and_lstms():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(2))
-    conv = bench.forward_flops(model, lambda: model(torch.randn(2, 3, 4, 5)))
+    conv = forward_flops(model, lambda: model(torch.randn(2, 3, 4, 5)))
     assert conv == 2 * (2 * 4 * 5) * 8 * 3 * 9  # multiply-adds of every output pixel
     lstm = torch.nn.LSTM(16, 8, bidirectional=True, batch_first=True)
-    flops = bench.forward_flops(lstm, lambda: lstm(torch.randn(3, 5, 16)))
+    flops = forward_flops(lstm, lambda: lstm(torch.randn(3, 5, 16)))
     assert flops == 2 * 3 * 5 * 2 * 4 * 8 * (16 + 8)  # 2·B·T·directions·4H(I+H)
 
 
@@ -49,7 +50,7 @@ def test_compare_gives_siga_over_trba_time():
              "infer_images_per_second": 400.0, "latency_ms": 10.0},
             {"model": "SIGA_R", "device": "cpu", "dtype": "fp32", "train_images_per_second": 80.0,
              "infer_images_per_second": 200.0, "latency_ms": 12.0}]
-    assert bench.compare(rows) == {"cpu/fp32": {"train": 1.25, "infer": 2.0, "latency": 1.2}}
+    assert compare(rows) == {"cpu/fp32": {"train": 1.25, "infer": 2.0, "latency": 1.2}}
 
 
 def test_agreement_counts_identical_fp32_and_bf16_predictions(tmp_path):
@@ -75,8 +76,10 @@ def test_agreement_counts_identical_fp32_and_bf16_predictions(tmp_path):
     labels = [p if i % 2 == 0 and p else w for i, (p, w) in enumerate(zip(first, words))]
     make_word_lmdb(tmp_path / "lmdb", words, labels=labels)
     out = tmp_path / "agreement.json"
-    assert bench.main(["--agreement", str(tmp_path / "tiny.pth"), "--eval_data", str(tmp_path / "lmdb"),
-                       "--device", "cpu", "--batch_size", "5", "--workers", "0", "--json", str(out)]) == 0
+    code, _, err = run_entry_point("bench.py", "--agreement", tmp_path / "tiny.pth", "--eval_data", tmp_path / "lmdb",
+                                   "--device", "cpu", "--batch_size", "5", "--workers", "0", "--channels_last", "off",
+                                   "--json", out)  # the reference above runs in NCHW
+    assert code == 0, err
     report = json.loads(out.read_text())
     texts, confidence = predictions(tmp_path / "lmdb")
     same = [a == b for a, b in zip(texts[torch.float32], texts[torch.bfloat16])]
@@ -90,8 +93,7 @@ def test_agreement_counts_identical_fp32_and_bf16_predictions(tmp_path):
     assert report["changed_max_fp32_confidence"] == pytest.approx(max(changed) if changed else None)
 
 
-def test_agreement_needs_eval_data(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        bench.parse_args(["--agreement", "model.pth"])
-    assert exit_.value.code == 2
-    assert "--agreement needs --eval_data" in capsys.readouterr().err
+def test_agreement_needs_eval_data():
+    code, _, err = run_entry_point("bench.py", "--agreement", "model.pth")
+    assert code == 2
+    assert "--agreement needs --eval_data" in err

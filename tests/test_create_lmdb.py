@@ -8,27 +8,27 @@ from pathlib import Path
 import pytest
 
 from conftest import encode_image, make_word_lmdb, raw_entries, render_word
-from dataset import LmdbDataset, LmdbWriter, Sample
+from dataset import LmdbDataset, Sample
+from lmdb_io import LmdbWriter
+from tokenizer import Tokenizer, load_charset
 from tools import create_lmdb_dataset
 from tools.create_lmdb_dataset import parse_gt_line, read_gt
-from utils import Tokenizer, load_charset
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tools" / "create_lmdb_dataset.py"
 TOKENIZER = Tokenizer(load_charset("36"), max_label_length=25)
 
 
-def run_script(*args, cwd: Path) -> subprocess.CompletedProcess:
-    # Run from a foreign directory: the script must find the repository modules by itself.
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+def run_script(*args) -> subprocess.CompletedProcess:
+    """The tool as documented, ``python -m tools.create_lmdb_dataset`` from the repository root."""
+    return subprocess.run([sys.executable, "-m", "tools.create_lmdb_dataset", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture
 def run_tool(capsys):
     """The tool's main() in this process (faster than a subprocess), with its exit code and output."""
 
-    def run(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def run(*args) -> subprocess.CompletedProcess:
         capsys.readouterr()
         try:
             code = create_lmdb_dataset.main([str(a) for a in args])
@@ -83,7 +83,7 @@ def test_read_gt_reports_line_numbers(image_folder):
 def test_round_trip(image_folder, tmp_path):
     folder, gt = image_folder
     out = tmp_path / "lmdb"
-    result = run_script("--input_dir", folder, "--gt_file", gt, "--output", out, cwd=tmp_path)
+    result = run_script("--input_dir", folder, "--gt_file", gt, "--output", out)
     assert result.returncode == 0, result.stderr
     report = result.stdout
     assert "written 4 sample(s)" in report and "skipped 3" in report
@@ -102,7 +102,7 @@ def test_round_trip(image_folder, tmp_path):
     assert all(isinstance(s, Sample) and s.image.shape == (32, 100, 3) for s in samples)
     assert [s.label for s in samples] == ["hello", "newyork", "world", "space"]
 
-    check = run_script("--check", out, cwd=tmp_path)
+    check = run_script("--check", out)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "OK" in check.stdout and "num-samples=4" in check.stdout
 
@@ -110,23 +110,23 @@ def test_round_trip(image_folder, tmp_path):
 def test_without_validation_the_corrupt_image_is_written_and_check_finds_it(image_folder, tmp_path, run_tool):
     folder, gt = image_folder
     out = tmp_path / "unchecked"
-    result = run_tool("--input_dir", folder, "--gt_file", gt, "--output", out, "--no-check_valid", cwd=tmp_path)
+    result = run_tool("--input_dir", folder, "--gt_file", gt, "--output", out, "--no-check_valid")
     assert result.returncode == 0, result.stderr
     assert "written 5 sample(s)" in result.stdout
-    check = run_tool("--check", out, cwd=tmp_path)
+    check = run_tool("--check", out)
     assert check.returncode != 0
     assert "index 5: undecodable image" in check.stdout
 
-    again = run_tool("--input_dir", folder, "--gt_file", gt, "--output", out, cwd=tmp_path)
+    again = run_tool("--input_dir", folder, "--gt_file", gt, "--output", out)
     assert again.returncode != 0 and "already exists" in again.stderr  # never silently mixed with old keys
-    replaced = run_tool("--input_dir", folder, "--gt_file", gt, "--output", out, "--overwrite", cwd=tmp_path)
+    replaced = run_tool("--input_dir", folder, "--gt_file", gt, "--output", out, "--overwrite")
     assert replaced.returncode == 0 and raw_entries(out)[b"num-samples"] == b"4"
     assert b"image-000000005" not in raw_entries(out)
 
 
 def test_check_fails_on_corrupt_image(tmp_path):
     bad = make_word_lmdb(tmp_path / "bad", ["one", "two", "three"], corrupt_indices=[2])
-    result = run_script("--check", bad, cwd=tmp_path)
+    result = run_script("--check", bad)
     assert result.returncode != 0
     assert "index 2: undecodable image" in result.stdout and "FAILED, 1 problem(s)" in result.stdout
     assert "index 1" not in result.stdout and "index 3" not in result.stdout
@@ -142,7 +142,7 @@ def test_check_finds_missing_keys_bad_labels_and_bad_count(tmp_path, run_tool):
     writer.put("image-000000004", png)
     writer.put("label-000000004", b"\xff\xfe bad")  # not UTF-8
     writer.close(num_samples=4)
-    result = run_tool("--check", broken, cwd=tmp_path)
+    result = run_tool("--check", broken)
     assert result.returncode != 0
     out = result.stdout
     assert "index 2: missing key label-000000002" in out
@@ -159,19 +159,18 @@ def test_check_finds_missing_keys_bad_labels_and_bad_count(tmp_path, run_tool):
             writer.put("num-samples", value)
             writer.flush()
         writer.env.close()
-        result = run_tool("--check", path, cwd=tmp_path)
+        result = run_tool("--check", path)
         assert result.returncode != 0
         assert "num-samples" in result.stdout
 
 
 def test_bad_arguments(tmp_path, run_tool):
-    result = run_tool("--input_dir", tmp_path / "nope", "--gt_file", tmp_path / "gt.txt", "--output", tmp_path / "o",
-                      cwd=tmp_path)
+    result = run_tool("--input_dir", tmp_path / "nope", "--gt_file", tmp_path / "gt.txt", "--output", tmp_path / "o")
     assert result.returncode == 2 and "nope" in result.stderr
-    assert run_tool("--check", tmp_path / "nothing_here", cwd=tmp_path).returncode != 0
+    assert run_tool("--check", tmp_path / "nothing_here").returncode != 0
     (tmp_path / "empty_gt.txt").write_text("missing.png\tword\n")
     (tmp_path / "imgs").mkdir()
     nothing = run_tool("--input_dir", tmp_path / "imgs", "--gt_file", tmp_path / "empty_gt.txt", "--output",
-                       tmp_path / "o", cwd=tmp_path)
+                       tmp_path / "o")
     assert nothing.returncode != 0 and "no sample was written" in nothing.stderr
     assert not (tmp_path / "o" / "data.mdb").exists()

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import (Collate, LmdbDataset, LmdbWriter, RatioBatchSampler, Sample, ShardSampler, ShuffledBatchSampler,
-                     Skipped, build_dataset_groups, resize_mask,
-                     encode_png, mirror_mask_path, open_lmdb, select_leaves)
-from utils import IMAGENET_MEAN, IMAGENET_STD, Tokenizer, load_charset
+from dataset import (IMAGENET_MEAN, IMAGENET_STD, Collate, LmdbDataset, Sample, Skipped, build_dataset_groups,
+                     mirror_mask_path, resize_mask, select_leaves)
+from lmdb_io import LmdbWriter, encode_png, open_lmdb
+from samplers import RatioBatchSampler, ShardSampler, ShuffledBatchSampler
+from tokenizer import Tokenizer, load_charset
 
 IIIT5K = Path(__file__).resolve().parents[2] / "shared" / "data" / "IIIT5k_train_2000"
 TOKENIZER = Tokenizer(load_charset("36"), max_label_length=25)

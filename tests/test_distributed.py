@@ -15,11 +15,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-import train
+from checkpoint import atomic_save, load_checkpoint
+from config import make_config
 from distributed import DistEnv
+from engine import RunOptions, train
+from loaders import make_train_loader
 from model import build_model
 from modules.sync_batchnorm import CpuSyncBatchNorm, convert_sync_batchnorm
-from utils import Tokenizer, atomic_save, load_checkpoint, make_config
+from tokenizer import Tokenizer
+from utils import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per process: the 2-process and 1-process runs then do their arithmetic the same way.
@@ -123,14 +127,16 @@ def test_convert_keeps_parameters_and_frozen_flags():
 # --------------------------------------------------------------------------------------------------
 # the same training batches for any world size
 def test_ranks_share_out_exactly_the_single_process_batches_with_identical_augmentation(data):
-    args = train.parse_args(data_args(data, Path("unused")) + ["--batch_size", "16"])
-    args.preset = "tiny"
-    config = train.build_config(args)
+    config = make_config("tiny", batch_size=16)
     assert config.augment
     tokenizer = Tokenizer.from_config(config)
-    single, _ = train.make_train_loader(args, config, tokenizer, True, DistEnv(), start=2)
-    ranks = [train.make_train_loader(args, config.replace(batch_size=8), tokenizer, True,
-                                     DistEnv(rank=rank, world_size=2), start=2)[0] for rank in range(2)]
+
+    def loader(config, env):
+        return make_train_loader(str(data / "train"), "/", None, None, config, tokenizer, True, env, 2,
+                                 log=lambda message: None)[0]
+
+    single = loader(config, DistEnv())
+    ranks = [loader(config.replace(batch_size=8), DistEnv(rank=rank, world_size=2)) for rank in range(2)]
     # from global batch 2 on (resumption), across the epoch boundary at 3 batches of 16
     for whole, first, second in itertools.islice(zip(single, *ranks), 3):
         shared = torch.cat([first.images, second.images])
@@ -219,7 +225,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_
 def test_corrupt_images_labels_and_masks_are_skipped_and_counted_per_lmdb(data, tmp_path):
     import lmdb
 
-    from dataset import LmdbWriter
+    from lmdb_io import LmdbWriter
 
     source = lmdb.open(str(data / "train" / "synth"), readonly=True, lock=False)
     masks = lmdb.open(str(data / "masks" / "synth"), readonly=True, lock=False)
@@ -248,7 +254,8 @@ def test_corrupt_images_labels_and_masks_are_skipped_and_counted_per_lmdb(data, 
 
 
 def test_an_lmdb_failing_mid_run_stops_training_after_a_checkpoint_naming_the_path(data, tmp_path, monkeypatch):
-    from dataset import DataSourceError, LmdbDataset
+    from dataset import LmdbDataset
+    from lmdb_io import DataSourceError
 
     calls = {"count": 0}
     original = LmdbDataset.load
@@ -261,8 +268,10 @@ def test_an_lmdb_failing_mid_run_stops_training_after_a_checkpoint_naming_the_pa
 
     monkeypatch.setattr(LmdbDataset, "load", failing_load)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    options = RunOptions(str(data / "train"), str(data / "val"), preset="tiny", saved_dir=str(tmp_path),
+                         exp_name="failing", overrides={"num_iter": 10})
     with pytest.raises(SystemExit) as stopped:
-        train.main(data_args(data, tmp_path) + ["--num_iter", "10", "--exp_name", "failing"])
+        train(options)
     message = str(stopped.value)
     assert "training stopped at iteration 3" in message and str(data / "train" / "synth") in message
     assert load_checkpoint(tmp_path / "failing" / "last.pth")["iteration"] == 3
@@ -277,6 +286,8 @@ def test_bf16_autocast_on_cpu_trains_without_nans(data, tmp_path, model):
     assert "amp bf16" in result.stdout and "nan" not in result.stdout.lower()
     checkpoint = load_checkpoint(tmp_path / "bf16" / "last.pth")
     assert all(torch.isfinite(value).all() for value in checkpoint["model"].values() if value.is_floating_point())
-    initial = build_model(make_config("tiny", model=model)).state_dict()
+    config = make_config("tiny", model=model)
+    seed_everything(config.seed)  # the initial weights train.py starts from
+    initial = build_model(config).state_dict()
     assert max_difference(initial, checkpoint["model"])[0] > 0  # it trained
     assert all(value.dtype == initial[key].dtype for key, value in checkpoint["model"].items())  # fp32 master weights

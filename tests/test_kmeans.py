@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mask_create.kmeans import border_votes, kmeans_text_mask, text_mask_from_pil
+from modules.kmeans_mask import border_votes, kmeans_text_mask, text_mask_from_pil
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "golden" / "kmeans.pt"
 

@@ -3,35 +3,27 @@ hand-made inputs with known answers."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from golden import load_golden
 from modules.losses import (SigaLossSettings, alignment_loss, alignment_weight, glyph_loss, glyph_pseudo_labels,
                             predicted_foreground, segmentation_loss, siga_loss_terms)
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "golden"
 DTYPES = {"f32": torch.float32, "f64": torch.float64}
-RTOL = {"f32": 1e-5, "f64": 1e-10}
+RTOL = {"f32": 1e-5, "f64": 1e-10}  # golden README §7.5: loss terms on fixed tensors
 DEFAULTS = SigaLossSettings()
-
-
-def _load(name: str) -> dict:
-    path = GOLDEN / name
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    return torch.load(path, weights_only=True)
 
 
 @pytest.fixture(scope="module")
 def losses_golden() -> dict:
-    return _load("losses.pt")
+    return load_golden("losses.pt")
 
 
 @pytest.fixture(scope="module")
 def io_golden() -> dict:
-    return _load("io.pt")
+    return load_golden("io.pt")
 
 
 def _batch(golden: dict, rows: list[int], dtype: torch.dtype) -> dict:
@@ -102,7 +94,7 @@ def test_all_hard_samples_fall_back_to_zero(losses_golden):
     assert math.isnan(golden["L_seg"]["30000"])
     logits = x["seg_logits"].requires_grad_()
     early, _ = segmentation_loss(logits, x["warped_mask"], 100)
-    _assert_close(early, golden["L_seg"]["100"], 1e-5, "L_seg@100")
+    _assert_close(early, golden["L_seg"]["100"], RTOL["f32"], "L_seg@100")
     late, per_sample = segmentation_loss(logits, x["warped_mask"], 30000)
     assert (per_sample >= DEFAULTS.hard_sample_threshold).all()
     assert late.item() == 0.0 and late.requires_grad
@@ -110,15 +102,17 @@ def test_all_hard_samples_fall_back_to_zero(losses_golden):
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
-@pytest.mark.parametrize("precision, rtol, align_rtol", [("f64", 1e-8, 1e-8), ("f32", 1e-4, 1e-3)])
+@pytest.mark.parametrize("precision", ["f32", "f64"])
 @pytest.mark.parametrize("iteration", [100, 30000])
-def test_network_outputs_match_golden_losses(io_golden, precision, rtol, align_rtol, iteration):
-    """The official STR_Loss inputs of the model's train forward (golden README §3.2) give its loss values."""
+def test_network_outputs_match_golden_losses(io_golden, precision, iteration):
+    """The official STR_Loss inputs of the model's train forward (golden README §3.2) give its loss values.
+    These are fixed tensors, so README §7.5's tolerances apply (measured: ≤ 8.6e-8 in float32, 0 in float64)."""
     train, expected = io_golden[f"train_{precision}"], io_golden[f"losses_{precision}"][str(iteration)]
     terms = siga_loss_terms(train["warped_mask"], train["Z_seg"], train["A"], train["G_low"], train["G_mid"],
                             io_golden["inputs"]["length"], iteration)
+    rtol = RTOL[precision]
     _assert_close(terms.seg, expected["L_seg"], rtol, "L_seg")
-    _assert_close(terms.align.total, expected["L_align"], align_rtol, "L_align")
+    _assert_close(terms.align.total, expected["L_align"], rtol, "L_align")
     _assert_close(terms.low.total, expected["L_low"], rtol, "L_low")
     _assert_close(terms.mid.total, expected["L_mid"], rtol, "L_mid")
     assert terms.align_weight == expected["lambda_align"]

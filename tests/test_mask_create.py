@@ -14,12 +14,13 @@ from PIL import Image
 
 import dataset as dataset_module
 from conftest import CORRUPT_IMAGE_BYTES, encode_image, raw_entries, render_word
-from dataset import LmdbWriter, Sample, Skipped, build_dataset_groups, encode_png, mirror_mask_path
+from dataset import Sample, Skipped, build_dataset_groups, mirror_mask_path
+from lmdb_io import LmdbWriter, encode_png
 from mask_create import generate_mask, merge
 from mask_create.generate_mask import generate_shard, mask_seed, plan_shards, shard_tasks
-from mask_create.kmeans import text_mask_from_pil
 from mask_create.merge import MergeError, merge_shards
-from utils import Tokenizer, load_charset
+from modules.kmeans_mask import text_mask_from_pil
+from tokenizer import Tokenizer, load_charset
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = Tokenizer(load_charset("36"), max_label_length=25)

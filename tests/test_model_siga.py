@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from checkpoint import (OFFICIAL_IGNORED, atomic_save, convert_official_state_dict, load_model, load_official, load_tps,
+                        official_name, training_state, upgraded_state_dict)
+from config import make_config
 from golden import official_rule_state_dict, official_shapes
-from inference import load_model
-from model import (OFFICIAL_IGNORED, SIGA_R, build_model, convert_official_state_dict, load_official, load_tps,
-                   official_name)
-from utils import Tokenizer, atomic_save, make_config
+from model import GlyphAttentionRecognizer, build_model
+from tokenizer import Tokenizer
 
 count = lambda module: sum(p.numel() for p in module.parameters())
 
@@ -42,11 +43,12 @@ def test_paper_parameter_counts(paper_siga):
     assert count(m) == 46_598_019 - 131_328
     assert count(m.glyph) == 4_062_776
     assert count(m.glyph.sequence_low) + count(m.glyph.sequence_mid) == 2_368_000
-    assert count(m.position_decoder_low) == count(m.position_decoder_mid) == 807_717
-    assert count(m.fusion_decoder_low) == count(m.fusion_decoder_mid) == 1_070_629
-    assert count(m.fusion) == 131_328 and count(m.projection) == 131_584
-    assert count(m.final_decoder) == 2_654_245
-    assert count(m.alignment_decoder) == count(m.trba_decoder) == 939_301
+    heads = m.siga
+    assert count(heads.position_decoder_low) == count(heads.position_decoder_mid) == 807_717
+    assert count(heads.fusion_decoder_low) == count(heads.fusion_decoder_mid) == 1_070_629
+    assert count(heads.fusion) == 131_328 and count(heads.projection) == 131_584
+    assert count(heads.final_decoder) == 2_654_245
+    assert count(heads.alignment_decoder) == count(heads.trba_decoder) == 939_301
     frozen = build_model(make_config("paper", model="SIGA_R", freeze_tps=True))
     assert sum(p.numel() for p in frozen.parameters() if p.requires_grad) == 44_904_475 - 131_328
     assert count(build_model(make_config("paper", model="SIGA_R", charset="94", sensitive=True))) == 46_821_145 - 131_328
@@ -54,7 +56,7 @@ def test_paper_parameter_counts(paper_siga):
 
 def test_name_map_covers_the_official_state_dict_exactly(paper_siga):
     ours = {official_name(key) for key in paper_siga.state_dict()}
-    official = {key for key in official_shapes() if not key.startswith(OFFICIAL_IGNORED)}
+    official = {key for key in official_shapes() if not key.startswith(OFFICIAL_IGNORED["SIGA_R"])}
     assert len(official_shapes()) == 586 and ours == official
     assert len(ours) == len(paper_siga.state_dict())  # one-to-one
 
@@ -77,9 +79,9 @@ def test_official_checkpoint_file_loads_in_test_and_demo(tmp_path):
     path = tmp_path / "SIGA_R.pth"
     atomic_save({"net": official_rule_state_dict(), "optimizer": {}, "iteration": 160000}, path)
     model, config = load_official(path)
-    assert isinstance(model, SIGA_R) and config.model == "SIGA_R"
+    assert isinstance(model, GlyphAttentionRecognizer) and config.model == "SIGA_R"
     expected = official_rule_state_dict()["module.model_two.generator.generator.weight"]
-    assert torch.equal(model.final_decoder.generator.weight, expected)
+    assert torch.equal(model.siga.final_decoder.generator.weight, expected)
     loaded, tokenizer, _ = load_model(path)
     assert not loaded.training and tokenizer.charset == "abcdefghijklmnopqrstuvwxyz1234567890"
     broken = tmp_path / "broken.pth"
@@ -94,12 +96,12 @@ def test_greedy_runs_only_the_needed_path():
     """SPEC §3.10 / §7 #17: no 1-D branch, TRBA decoder, 2-D heads or full-resolution seg head at test."""
     model = build_model(make_config("tiny", model="SIGA_R")).eval()
     called = set()
-    for name in ("alignment_sequence", "alignment_decoder", "trba_decoder", "position_decoder_low",
-                 "position_decoder_mid", "glyph.seg_head", "glyph.up_seg", "sequence", "final_decoder"):
+    for name in ("siga.alignment_sequence", "siga.alignment_decoder", "siga.trba_decoder", "siga.position_decoder_low",
+                 "siga.position_decoder_mid", "glyph.seg_head", "glyph.up_seg", "siga.sequence", "siga.final_decoder"):
         model.get_submodule(name).register_forward_hook(lambda *_, name=name: called.add(name))
     with torch.no_grad():
         model(torch.randn(2, 3, 32, 128))
-    assert called == {"sequence"}  # final_decoder runs step by step through .step(), not forward()
+    assert called == {"siga.sequence"}  # final_decoder runs step by step through .step(), not forward()
 
 
 class EndsAt(torch.nn.Module):
@@ -111,7 +113,7 @@ class EndsAt(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.generator(hidden).clone()
-        logits[:, 0] += 100.0 * (self.ends <= self.calls)
+        logits[:, Tokenizer.eos_id] += 100.0 * (self.ends <= self.calls)
         self.calls += 1
         return logits
 
@@ -122,11 +124,11 @@ def test_greedy_early_stop_matches_full_decode():
     tokenizer = Tokenizer.from_config(config)
     model = build_model(config, tokenizer).eval()
     images, ends = torch.randn(4, 3, 32, 128), [2, 5, 3, 4]
-    linear = model.final_decoder.generator
+    linear = model.siga.final_decoder.generator
     with torch.no_grad():
-        model.final_decoder.generator = EndsAt(linear, ends)
+        model.siga.final_decoder.generator = EndsAt(linear, ends)
         early = model(images)
-        model.final_decoder.generator = EndsAt(linear, ends)
+        model.siga.final_decoder.generator = EndsAt(linear, ends)
         full = model(images, early_stop=False)
     assert early.logits.shape[1] == 6 and full.logits.shape[1] == config.num_steps  # stops after the last EOS
     assert [len(t) for t in tokenizer.decode(early.logits)[0]] == ends
@@ -156,3 +158,18 @@ def test_tps_from_loads_all_localisation_tensors_and_freezes(tmp_path):
     atomic_save({"model": partial, "config": {}}, tmp_path / "partial.pth")
     with pytest.raises(ValueError, match="missing TPS tensors.*localization_fc2"):
         load_tps(siga, tmp_path / "partial.pth")
+
+
+def test_format_1_checkpoints_load_with_the_siga_heads_renamed(tmp_path):
+    """Checkpoints written before the SIGA heads moved under ``siga.`` (no format_version) still load."""
+    config = make_config("tiny", model="SIGA_R")
+    tokenizer = Tokenizer.from_config(config)
+    model = build_model(config, tokenizer)
+    state = training_state(model, config, tokenizer)
+    flat = {key.removeprefix("siga."): value for key, value in state["model"].items()}
+    assert flat.keys() != state["model"].keys()
+    old = {"model": flat, "config": state["config"], "charset": tokenizer.charset}
+    assert upgraded_state_dict(old).keys() == state["model"].keys()
+    atomic_save(old, tmp_path / "old.pth")
+    loaded, _, _ = load_model(tmp_path / "old.pth")
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in state["model"].items())

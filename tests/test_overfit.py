@@ -8,10 +8,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from config import make_config
 from dataset import Collate, Sample
 from model import build_model
 from modules.losses import recognition_loss
-from utils import Tokenizer, make_config, one_cycle_scheduler, seed_everything
+from optimization import build_optimizer, one_cycle_scheduler
+from tokenizer import Tokenizer
+from utils import seed_everything
 
 WORDS = ["street", "coffee", "42", "open", "hotel", "exit", "pizza", "b7"]
 
@@ -31,7 +34,7 @@ def memorise(model: torch.nn.Module, batch, tokenizer: Tokenizer, config, loss_f
     """
     ids, lengths = tokenizer.encode(batch.labels)
     ids = ids[:, : int(lengths.max()) + 1]
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = build_optimizer(model.parameters(), config)
     scheduler = one_cycle_scheduler(optimizer, config)
     accuracy, predictions = 0.0, []
     for step in range(config.num_iter):

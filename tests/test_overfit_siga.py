@@ -5,23 +5,25 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from config import make_config
 from dataset import Collate, Sample
-from mask_create.kmeans import text_mask_from_pil
 from model import build_model
+from modules.kmeans_mask import text_mask_from_pil
+from modules.losses import training_loss
 from test_overfit import WORDS, memorise, render
-from train import training_loss
-from utils import Tokenizer, make_config, seed_everything, siga_loss_settings
+from tokenizer import Tokenizer
+from utils import seed_everything
 
 
 def test_demo_siga_overfits_eight_words():
     seed_everything(0)
-    config = make_config("demo", model="SIGA_R", num_iter=600, lr=1e-3, siga_switch_iter=50)
+    config = make_config("demo", model="SIGA_R", num_iter=600, lr=1e-3, siga={"switch_iter": 50})
     tokenizer = Tokenizer.from_config(config)
     model = build_model(config, tokenizer)
     images = [render(w) for w in WORDS]
     batch = Collate()([Sample(image, text_mask_from_pil(Image.fromarray(image), seed=0), w)
                        for image, w in zip(images, WORDS)])
-    settings = siga_loss_settings(config)
+    settings = config.siga
     seen_terms: set[str] = set()
 
     def siga_loss(m, ids, lengths, step):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset import MASK_KEY, open_lmdb, read_num_samples
+from lmdb_io import MASK_KEY, open_lmdb, read_num_samples
 from tools import synth
 from tools.synth import SynthConfig, build_demo_data, find_fonts, render_sample, write_synth_lmdb
 
@@ -148,7 +148,7 @@ def test_build_demo_data_creates_splits_once(tmp_path):
 
 def test_cli_writes_image_and_default_mask_lmdb(tmp_path):
     out = tmp_path / "cli"
-    result = subprocess.run([sys.executable, "tools/synth.py", "--out", str(out), "--num", "5", "--workers", "1",
+    result = subprocess.run([sys.executable, "-m", "tools.synth", "--out", str(out), "--num", "5", "--workers", "1",
                              "--seed", "9", "--random_fraction", "0.5"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     images, masks = lmdb_items(out), lmdb_items(tmp_path / "cli_mask")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils import load_checkpoint
+from checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_siga_r_train_test_demo_and_tps_from(data, tmp_path):
     assert "[4/4]" in siga.stdout and "K-means" not in siga.stderr  # the stored masks were found
     checkpoint = load_checkpoint(tmp_path / "siga" / "last.pth")
     assert checkpoint["config"]["model"] == "SIGA_R" and checkpoint["config"]["freeze_tps"]
-    assert checkpoint["config"]["siga_switch_iter"] == 2
+    assert checkpoint["config"]["siga"]["switch_iter"] == 2
     trba_tps = load_checkpoint(tmp_path / "trba" / "last.pth")["model"]
     tps_keys = [k for k in trba_tps if k.startswith("transformation.localization.") and "num_batches" not in k]
     assert len(tps_keys) == 24 and all(torch.equal(trba_tps[k], checkpoint["model"][k]) for k in tps_keys)

@@ -12,11 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+from checkpoint import atomic_save, load_model, training_state
+from config import make_config
 from conftest import render_word
-from inference import load_image, load_model
+from inference import load_image
 from model import build_model
+from tokenizer import Tokenizer
 from tools.visualize import analyse, main, unique_output
-from utils import Tokenizer, atomic_save, make_config, siga_loss_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["hello", "Street"]
@@ -35,7 +37,7 @@ def save_tiny(path: Path, model_name: str) -> Path:
     config = make_config("tiny", model=model_name)
     tokenizer = Tokenizer.from_config(config)
     model = build_model(config, tokenizer)
-    atomic_save({"model": model.state_dict(), "config": config.to_dict(), "charset": tokenizer.charset}, path)
+    atomic_save(training_state(model, config, tokenizer), path)
     return path
 
 
@@ -84,7 +86,7 @@ def test_trba_checkpoint_is_refused(files, tmp_path):
     result = run_visualize("--checkpoint", files.trba, "--images", files.images[0], "--out_dir", out_dir,
                            "--device", "cpu")
     assert result.returncode != 0
-    assert "TRBA" in result.stderr and "needs SIGA_R" in result.stderr
+    assert "TRBA" in result.stderr and "needs a SIGA model" in result.stderr
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
@@ -98,7 +100,7 @@ def test_label_count_must_match(files, tmp_path, capsys):
 
 def test_analyse_shapes_without_label(files, single_thread):
     model, tokenizer, config = load_model(files.siga, "cpu")
-    view = analyse(model, tokenizer, config, load_image(files.images[1]), None, siga_loss_settings(config), 0,
+    view = analyse(model, tokenizer, config, load_image(files.images[1]), None, config.siga, 0,
                    torch.device("cpu"))
     chars = len(view.chars)
     # teacher-forced with the prediction, cut to N_max (a prediction without EOS has S = N_max + 1 characters)

@@ -1,7 +1,9 @@
 """Build an LMDB in the clovaai layout from an image folder and a ground-truth file, or check one.
 
-Build:  python tools/create_lmdb_dataset.py --input_dir IMGDIR --gt_file gt.txt --output OUTDIR
-Check:  python tools/create_lmdb_dataset.py --check OUTDIR
+Build:  python -m tools.create_lmdb_dataset --input_dir IMGDIR --gt_file gt.txt --output OUTDIR
+Check:  python -m tools.create_lmdb_dataset --check OUTDIR
+
+Run it from the repository root (it imports the repository's modules).
 
 Each non-empty line of the ground-truth file is ``relative/path<TAB>label`` or ``relative/path label``:
 it is split on its first tab if it has one, else on its first space, so labels may contain spaces.
@@ -11,19 +13,13 @@ and skipped. The LMDB holds ``num-samples`` and 1-based ``image-%09d`` / ``label
 from __future__ import annotations
 
 import argparse
-import io
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if not __package__:  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-
-from dataset import (IMAGE_KEY, LABEL_KEY, NUM_SAMPLES_KEY, LmdbWriter, find_lmdb_leaves, is_lmdb_dir,  # noqa: E402
-                     open_lmdb)
+from lmdb_io import (IMAGE_KEY, LABEL_KEY, NUM_SAMPLES_KEY, LmdbWriter, UndecodableImage, decode_image,
+                     find_lmdb_leaves, is_lmdb_dir, open_lmdb)
 
 MAX_REPORTED = 50
 
@@ -65,23 +61,15 @@ def read_gt(gt_file: Path) -> tuple[list[GtEntry], list[tuple[int, str, str]]]:
     return entries, malformed
 
 
-def image_problem(data: bytes, full_decode: bool = True) -> str | None:
-    """Why ``data`` is not a usable image, or None."""
+def image_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a usable image, or None: the bytes are decoded exactly as the dataset decodes
+    them (``lmdb_io.decode_image``), so what passes here is what training can read."""
     if not data:
         return "empty file"
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if full_decode:
-                image.load()
-            else:
-                image.verify()
-            width, height = image.size
-    except UnidentifiedImageError:
-        return "undecodable image (not a recognised image format)"
-    except Exception as error:  # PIL raises many exception types for truncated or broken files
-        return f"undecodable image ({error.__class__.__name__}: {error})"
-    if width <= 0 or height <= 0:
-        return f"empty image ({width}x{height})"
+        decode_image(data)
+    except UndecodableImage as error:
+        return str(error)
     return None
 
 
@@ -109,7 +97,7 @@ def create(input_dir: Path, gt_file: Path, output: Path, check_valid: bool = Tru
             except OSError as error:
                 problem = f"cannot read ({error.strerror or error})"
             else:
-                problem = image_problem(data, full_decode=True) if check_valid else (None if data else "empty file")
+                problem = image_problem(data) if check_valid else (None if data else "empty file")
             if problem is not None:
                 print(f"skipped {image_path} (line {entry.line_no}): {problem}", file=out)
                 skipped += 1
@@ -196,7 +184,8 @@ def run_check(target: Path, out=None) -> int:
     return 1 if failed else 0
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (default ``sys.argv``): building needs the three paths, ``--check`` excludes them."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input_dir", help="folder the ground-truth image paths are relative to")
     parser.add_argument("--gt_file", help="ground-truth file: 'path<TAB>label' or 'path label' per line")
@@ -209,7 +198,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     if args.check is not None:
         if any(v is not None for v in (args.input_dir, args.gt_file, args.output)):
             parser.error("--check cannot be combined with --input_dir/--gt_file/--output")
-        return parser, args
+        return args
     missing = [f"--{n}" for n in ("input_dir", "gt_file", "output") if getattr(args, n) is None]
     if missing:
         parser.error(f"the following arguments are required to build an LMDB: {', '.join(missing)} (or use --check)")
@@ -217,11 +206,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         parser.error(f"input directory not found: {args.input_dir}")
     if not Path(args.gt_file).is_file():
         parser.error(f"ground-truth file not found: {args.gt_file}")
-    return parser, args
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, args = parse_args(argv)
+    """Build or check; 0 on success, 1 when nothing was written or a check failed, 2 on bad input."""
+    args = parse_args(argv)
     if args.check is not None:
         return run_check(Path(args.check))
     try:

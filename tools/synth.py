@@ -9,6 +9,9 @@ SPEC §1.4); the glyph layer gets the same warp and resize as the image and is t
 Sample ``i`` of seed ``s`` comes from ``np.random.default_rng([s, i])``, so the output is
 byte-identical for a seed whatever the number of workers.
 
+Usage, from the repository root: ``python -m tools.synth --out OUT [--mask_out MASK_OUT] [--num N]`` or
+``python -m tools.synth --demo_root ROOT`` (see ``--help``).
+
 Provenance of ``tools/words.txt`` (11 014 lowercase words, one per line): the running prose (words of
 whitespace-separated text outside inline code) of four groups of text on the build machine —
 (1) the Python 3.11 standard library's docstrings and comments plus ``pydoc_data/topics.py`` (PSF
@@ -22,12 +25,6 @@ mostly a code identifier (at most 10 identifier uses per prose use) and is not, 
 a label of the real ``IIIT5k_train_2000`` LMDB, which is held out as a real-word test set.
 """
 from __future__ import annotations
-
-if __package__ in (None, ""):
-    import sys
-    from pathlib import Path as _Path
-
-    sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
 
 import argparse
 import io
@@ -45,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from dataset import MASK_KEY, LmdbWriter, encode_png, is_lmdb_dir
+from lmdb_io import MASK_KEY, LmdbWriter, encode_png, is_lmdb_dir
 
 WORDS_FILE = Path(__file__).with_name("words.txt")
 ALNUM = string.digits + string.ascii_letters
@@ -298,6 +295,7 @@ def build_demo_data(root: str | os.PathLike, num_train: int = 20000, num_val: in
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Write one image/mask LMDB pair (``--out``) or the demo splits (``--demo_root``), printing their paths."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="image LMDB directory to write")
     parser.add_argument("--mask_out", help="mask LMDB directory to write (default: <out>_mask)")

@@ -26,12 +26,6 @@ Usage::
 """
 from __future__ import annotations
 
-if __package__ in (None, ""):
-    import sys
-    from pathlib import Path as _Path
-
-    sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
-
 import argparse
 import sys
 from dataclasses import dataclass
@@ -46,12 +40,13 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from PIL import Image
 
-from dataset import resize_mask
-from inference import image_paths_for_cli, load_model_for_cli, preprocess, readable_images, unreadable_report
-from mask_create.kmeans import text_mask_from_pil
-from model import SIGA_R
+from config import Config
+from dataset import IMAGENET_MEAN, IMAGENET_STD, resize_mask
+from inference import image_paths_for_cli, load_for_inference, preprocess, readable_images, unreadable_report
+from modules.kmeans_mask import text_mask_from_pil
+from model import GlyphAttentionRecognizer
 from modules.losses import SigaLossSettings, glyph_pseudo_labels, predicted_foreground
-from utils import IMAGENET_MEAN, IMAGENET_STD, Config, Tokenizer, siga_loss_settings
+from tokenizer import Tokenizer
 
 #: character slots per row of the per-character glyph map grid
 GRID_COLUMNS = 4
@@ -93,7 +88,7 @@ def to_display(images: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def analyse(model: SIGA_R, tokenizer: Tokenizer, config: Config, image: Image.Image, label: str | None,
+def analyse(model: GlyphAttentionRecognizer, tokenizer: Tokenizer, config: Config, image: Image.Image, label: str | None,
             settings: SigaLossSettings, kmeans_seed: int | None, device: torch.device) -> GlyphView:
     """Greedy prediction and teacher-forced maps of one image; ``model`` must be in eval mode (as
     ``load_model`` returns it), so that dropout is off and BatchNorm uses its running statistics.
@@ -273,16 +268,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
-    model, tokenizer, config, device = load_model_for_cli(parser, args.checkpoint, args.device)
+    try:
+        model, tokenizer, config, device = load_for_inference(args.checkpoint, args.device)
+    except ValueError as error:
+        parser.error(str(error))
     paths = image_paths_for_cli(args.images)
     if not paths:
         return 1
     if args.labels is not None and len(args.labels) != len(paths):
         parser.error(f"--labels gives {len(args.labels)} label(s) for {len(paths)} image(s)")
-    if not isinstance(model, SIGA_R):
-        parser.error(f"{args.checkpoint} is a {config.model} checkpoint; visualize needs SIGA_R, whose segmentation "
-                     f"and glyph attention maps it draws ({config.model} has none)")
-    settings = siga_loss_settings(config)
+    if not isinstance(model, GlyphAttentionRecognizer):
+        parser.error(f"{args.checkpoint} is a {config.model} checkpoint; visualize needs a SIGA model, whose "
+                     f"segmentation and glyph attention maps it draws ({config.model} has none)")
+    settings = config.siga
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -1,10 +1,10 @@
-"""ResNet-45 (ABINet-style BasicBlock, SPEC §3.2) exposing F0, F1, F2 and the final map V."""
+"""ResNet-45 (ABINet-style BasicBlock, SPEC §3.2): the glyph network's F0, F1, F2 and the visual sequence X."""
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+
+from modules.features import BackboneFeatures
 
 
 class BasicBlock(nn.Module):
@@ -33,20 +33,13 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel, stride, padding) -
             nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
-class BackboneFeatures(NamedTuple):
-    """F0 [B,c0,H,W] (stem), F1 [B,c2,H/2,W/2] (layer2), F2 [B,c4,H/4,W/4] (layer4), V [B,c5,1,W/4]."""
-
-    f0: torch.Tensor
-    f1: torch.Tensor
-    f2: torch.Tensor
-    v: torch.Tensor
-
-
 class ResNet45(nn.Module):
     """ResNet-45 for 32×W inputs: stem, seven residual stages and the height-collapsing tail.
 
     ``channels`` = (stem, layer1, …, layer5); layer6/7 and the tail keep layer5's width.
-    ``blocks`` = blocks per layer1..layer7 (paper: 3, 4, 6, 6, 3, 2, 1).
+    ``blocks`` = blocks per layer1..layer7 (paper: 3, 4, 6, 6, 3, 2, 1). Levels: F0 [B,c0,H,W] (stem),
+    F1 [B,c2,H/2,W/2] (layer2), F2 [B,c4,H/4,W/4] (layer4); the sequence X [B,W/4,c5] is the final map
+    V [B,c5,1,W/4] averaged over its height (SPEC §3.3).
     """
 
     def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = (32, 32, 64, 128, 256, 512),
@@ -79,5 +72,5 @@ class ResNet45(nn.Module):
         f2 = self.layer4(self.layer3(f1))
         x = self.maxpool6(self.layer5(f2))
         x = self.layer7(self.conv6(self.layer6(x)))
-        v = self.conv7_2(self.conv7_1(x))
-        return BackboneFeatures(f0, f1, f2, v)
+        v = self.conv7_2(self.conv7_1(x))  # [B, C, 1, W/4]
+        return BackboneFeatures((f0, f1, f2), v.mean(2).transpose(1, 2))

@@ -4,6 +4,8 @@ A word crop is split into two grey-level clusters with scipy's 2-means; which cl
 decided by a vote over the four image borders (the background is what dominates the borders). The
 result is the pseudo-label of the segmentation loss (SPEC §4.2), so it must follow the official rule
 exactly: scipy's own ``kmeans`` with its defaults, ``vq`` for the assignment, then the border vote.
+
+It depends on numpy, scipy and PIL only, so the dataset and the mask tools can both import it.
 """
 from __future__ import annotations
 

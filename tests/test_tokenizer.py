@@ -1,12 +1,10 @@
-"""Tokenizer, charsets, metrics, schedule and checkpoint I/O."""
+"""Charsets and the tokenizer: ids, special tokens, normalisation, encoding and decoding."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from utils import (CHARSET_36, CHARSET_94, Config, EvalResult, Tokenizer, atomic_save, benchmark_normalize,
-                   load_charset, load_checkpoint, make_config, normalized_edit_similarity, one_cycle_scheduler,
-                   weighted_total)
+from tokenizer import CHARSET_36, CHARSET_94, Tokenizer, load_charset
 
 
 def one_hot_logits(ids: list[list[int]], num_classes: int) -> torch.Tensor:
@@ -90,58 +88,3 @@ def test_decode_cut_at_eos_and_confidence():
     empty = torch.zeros(1, 4, 37)
     empty[0, :, 0] = 5.0
     assert tok.decode(empty)[1] == [0.0]
-
-
-def test_metrics():
-    assert benchmark_normalize("Hello, W0rld!") == "hellow0rld"
-    assert normalized_edit_similarity("abc", "abd") == pytest.approx(2 / 3)
-    assert normalized_edit_similarity("", "") == 0.0
-    result = EvalResult()
-    result.add(["Hello!", "wrld"], ["hello", "world"], [0.5, 0.25], keep=True)
-    assert result.accuracy == 50.0
-    assert result.ned == pytest.approx((1 + 0.8) / 2)
-    assert result.mean_confidence == pytest.approx(0.375)
-    other = EvalResult()
-    other.add(["x"], ["x"], [1.0], keep=False)
-    total = weighted_total([result, other])
-    assert total.num_samples == 3 and total.accuracy == pytest.approx(200 / 3)
-
-
-def test_one_cycle_checkpoints():
-    """SPEC §13: lr 2.25e-5 at step 0, 4.5e-4 at step 0.3·N − 1, ~2.25e-8 at N − 1, error past N."""
-    config = Config(num_iter=1000)
-    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
-    scheduler = one_cycle_scheduler(optimizer, config)
-    lrs = []
-    for _ in range(config.num_iter - 1):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    lrs.append(optimizer.param_groups[0]["lr"])
-    assert lrs[0] == pytest.approx(2.25e-5)
-    assert lrs[299] == pytest.approx(4.5e-4)
-    assert max(lrs) == pytest.approx(4.5e-4)
-    assert lrs[-1] == pytest.approx(2.25e-8, rel=1e-3)
-    scheduler.step()  # the N-th step is allowed
-    with pytest.raises(ValueError):
-        scheduler.step()
-
-
-def test_presets_and_config_round_trip():
-    tiny = make_config("tiny", num_iter=7)
-    assert tiny.num_iter == 7 and tiny.num_steps == 26
-    assert Config.from_dict(tiny.to_dict()) == tiny
-    with pytest.raises(ValueError, match="unknown preset"):
-        make_config("huge")
-
-
-def test_atomic_checkpoint(tmp_path):
-    path = tmp_path / "sub" / "ckpt.pth"
-    atomic_save({"model": {"w": torch.ones(2)}, "config": Config().to_dict()}, path)
-    assert load_checkpoint(path)["model"]["w"].sum() == 2
-    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pth"]
-    atomic_save({"something": 1}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="not a checkpoint"):
-        load_checkpoint(tmp_path / "bad.pth")
-    with pytest.raises(FileNotFoundError):
-        load_checkpoint(tmp_path / "missing.pth")

@@ -1,0 +1,259 @@
+"""Checkpoints: this repo's format (save, load, validate, atomic writes, ``weights_only=True``), rebuilding a model
+from a checkpoint, the authors' released checkpoints through one explicit name map per model, ``--tps_from``
+and the fine-tuning charset check."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from config import Config, make_config
+from model import build_model
+from tokenizer import Tokenizer
+
+#: this repo's checkpoint format: 2 = SIGA heads under ``siga.`` (1: flat, upgraded on load)
+FORMAT_VERSION = 2
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same directory, then rename: never a torn checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` of a file that must exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def check_checkpoint(checkpoint: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """``checkpoint`` if it has the format ``train.py`` writes, else a ValueError naming ``path``."""
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
+        raise ValueError(f"{path}: not a checkpoint of this repository (expected keys 'model' and 'config')")
+    return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by this repo (``weights_only=True``)."""
+    return check_checkpoint(read_checkpoint_file(path, map_location), path)
+
+
+def training_state(model: nn.Module, config: Config, tokenizer: Tokenizer, **run_state: Any) -> dict[str, Any]:
+    """A checkpoint of this repo: the model's weights, its config and charset, plus the run's state
+    (optimizer, scheduler, scaler, iteration, best_accuracy, rng, sampler when train.py writes it)."""
+    return {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": config.to_dict(),
+            "charset": tokenizer.charset, **run_state}
+
+
+#: format 1 kept SIGA's heads at the top level of the state_dict; format 2 nests them under ``siga.``
+_FORMAT_1_SIGA_HEADS = ("alignment_sequence.", "alignment_decoder.", "sequence.", "trba_decoder.",
+                        "position_decoder_low.", "position_decoder_mid.", "fusion_decoder_low.", "fusion_decoder_mid.",
+                        "fusion.", "projection.", "final_decoder.")
+
+
+def upgraded_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights under the current names (format 1 SIGA_R checkpoints are renamed)."""
+    state = checkpoint["model"]
+    if checkpoint.get("format_version", 1) >= 2 or checkpoint["config"].get("model") != "SIGA_R":
+        return state
+    return {("siga." + key if key.startswith(_FORMAT_1_SIGA_HEADS) else key): value for key, value in state.items()}
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a checkpoint's weights into ``model`` (built from its config), naming ``path`` on mismatch."""
+    try:
+        model.load_state_dict(upgraded_state_dict(checkpoint))
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit the {checkpoint['config'].get('model')} model: {error}") from error
+
+
+def check_finetune_charset(checkpoint: dict[str, Any], tokenizer: Tokenizer, path: str | os.PathLike) -> None:
+    """Fine-tuning keeps the classifier: the checkpoint's charset must be this run's."""
+    if checkpoint["charset"] != tokenizer.charset:
+        raise ValueError(f"{path}: charset differs from this run's ({len(checkpoint['charset'])} vs "
+                         f"{len(tokenizer.charset)} characters)")
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Tokenizer, Config]:
+    """Rebuild the model of a checkpoint written by ``train.py`` or of the authors' released SIGA_R
+    checkpoint (``{'net': ...}``), on ``device`` and in eval mode.
+
+    The single place where checkpoints become models (test.py and demo.py both use it). Raises
+    ``FileNotFoundError`` for a missing file and ``ValueError`` for something that is not a checkpoint.
+    """
+    try:
+        raw = read_checkpoint_file(path, map_location="cpu")
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:  # not a torch file, truncated, or unsafe
+        raise ValueError(f"{path}: not a readable checkpoint ({error.__class__.__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    if is_official_checkpoint(raw):
+        model, config = official_model(raw, path)
+        return model.to(device).eval(), Tokenizer.from_config(config), config
+    checkpoint = check_checkpoint(raw, path)
+    config = Config.from_dict(checkpoint["config"])
+    if checkpoint.get("charset"):
+        tokenizer = Tokenizer(checkpoint["charset"], config.max_label_length, config.sensitive)
+    else:
+        tokenizer = Tokenizer.from_config(config)
+    model = build_model(config, tokenizer)
+    model_from_checkpoint(checkpoint, model, path)
+    model.to(device).eval()
+    return model, tokenizer, config
+
+
+# The authors' checkpoints (SPEC §11)
+_TPS = "model_one.Transformation.LocalizationNetwork."
+_RESNET = "model_one.FeatureExtraction.ConvNet."
+_GLYPH = "model_two.Attention_Cls."
+#: SIGA_R: our module prefix → the official one; the longest matching prefix renames a key. Together with
+#: its OFFICIAL_IGNORED entry this accounts for every key of the official SIGA_R state_dict.
+SIGA_R_NAME_MAP: dict[str, str] = {
+    "transformation.localization.": _TPS,
+    "backbone.": _RESNET,
+    "backbone.conv6.0.": _RESNET + "conv6.", "backbone.conv6.1.": _RESNET + "bn6.",
+    "backbone.conv7_1.0.": _RESNET + "conv7_1.", "backbone.conv7_1.1.": _RESNET + "bn7_1.",
+    "backbone.conv7_2.0.": _RESNET + "conv7_2.", "backbone.conv7_2.1.": _RESNET + "bn7_2.",
+    "siga.alignment_sequence.": "model_one.SequenceModeling.",
+    "siga.alignment_decoder.": "model_one.Prediction.",
+    "siga.sequence.": "model_two.SequenceEncoding.",
+    "siga.trba_decoder.": "model_two.Prediction.",
+    "glyph.reduce_mid.0.": _GLYPH + "conv1.", "glyph.reduce_mid.1.": _GLYPH + "bn1.",
+    "glyph.mid_block.0.": _GLYPH + "conv2.", "glyph.mid_block.1.": _GLYPH + "bn2.",
+    "glyph.mid_head.": _GLYPH + "cls_Head_Middle.0.",
+    "glyph.up_low.": _GLYPH + "unpool2.",
+    "glyph.low_merge.0.": _GLYPH + "conv3.", "glyph.low_merge.1.": _GLYPH + "bn3.",
+    "glyph.low_block.0.": _GLYPH + "conv4.", "glyph.low_block.1.": _GLYPH + "bn4.",
+    "glyph.low_head.": _GLYPH + "cls_Head_Low.0.",
+    "glyph.up_seg.": _GLYPH + "unpool3.",
+    "glyph.seg_merge.0.": _GLYPH + "conv5.", "glyph.seg_merge.1.": _GLYPH + "bn5.",
+    "glyph.seg_head.": _GLYPH + "seg_cls.",
+    "glyph.features_low.": _GLYPH + "Low.",
+    "glyph.features_mid.": _GLYPH + "Middle.",
+    "glyph.sequence_low.": _GLYPH + "lstm.0.",
+    "glyph.sequence_mid.": _GLYPH + "lstm.1.",
+    "siga.position_decoder_low.": "model_two.FC_Prediction_1.",
+    "siga.position_decoder_mid.": "model_two.FC_Prediction_2.",
+    "siga.fusion_decoder_low.": "model_two.Iterable_Predicition_one.",
+    "siga.fusion_decoder_low.attention_cell.fusion.gate.": "model_two.Iterable_Predicition_one.attention_cell.fusion.W.",
+    "siga.fusion_decoder_mid.": "model_two.Iterable_Predicition_two.",
+    "siga.fusion_decoder_mid.attention_cell.fusion.gate.": "model_two.Iterable_Predicition_two.attention_cell.fusion.W.",
+    "siga.fusion.gate.": "model_two.Fusion.W.",
+    "siga.projection.": "model_two.pw.",
+    "siga.final_decoder.": "model_two.generator.",
+}
+#: per released model: our prefix → official prefix
+OFFICIAL_NAME_MAPS: dict[str, dict[str, str]] = {"SIGA_R": SIGA_R_NAME_MAP}
+#: per released model: official keys with no counterpart (SIGA_R: the TPS grid constants, recomputed, and the
+#: unused downsampler)
+OFFICIAL_IGNORED: dict[str, tuple[str, ...]] = {
+    "SIGA_R": ("model_one.Transformation.GridGenerator.", "model_two.downsampler."),
+}
+#: per released model: the final classifier's weight, whose rows give the class count
+OFFICIAL_CLASSIFIER: dict[str, str] = {"SIGA_R": "model_two.generator.generator.weight"}
+
+
+def official_name(key: str, variant: str = "SIGA_R") -> str:
+    """The official state_dict name (without ``module.``) of one of our keys of model ``variant``."""
+    name_map = OFFICIAL_NAME_MAPS[variant]
+    matches = [prefix for prefix in name_map if key.startswith(prefix)]
+    if not matches:
+        raise KeyError(f"{key}: no entry in the {variant} official name map")
+    prefix = max(matches, key=len)
+    return name_map[prefix] + key[len(prefix):]
+
+
+def convert_official_state_dict(model: nn.Module, official: dict[str, torch.Tensor], variant: str = "SIGA_R"
+                                ) -> dict[str, torch.Tensor]:
+    """Our state_dict from an official one of model ``variant`` (keys with or without ``module.``).
+
+    Every official tensor must be used except the variant's OFFICIAL_IGNORED; a missing, unexpected or
+    differently-shaped key is an error that lists the keys.
+    """
+    official = {k.removeprefix("module."): v for k, v in official.items()}
+    official = {k: v for k, v in official.items() if not k.startswith(OFFICIAL_IGNORED[variant])}
+    ours = model.state_dict()
+    wanted = {official_name(key, variant): key for key in ours}
+    missing = sorted(set(wanted) - set(official))
+    unexpected = sorted(set(official) - set(wanted))
+    if missing or unexpected:
+        raise ValueError(f"official checkpoint does not match {variant}: {len(missing)} missing keys {missing[:20]}, "
+                         f"{len(unexpected)} unexpected keys {unexpected[:20]}")
+    converted = {}
+    for name, key in wanted.items():
+        if official[name].shape != ours[key].shape:
+            raise ValueError(f"{name}: official shape {tuple(official[name].shape)}, ours ({key}) {tuple(ours[key].shape)}")
+        converted[key] = official[name]
+    return converted
+
+
+def is_official_checkpoint(checkpoint: object) -> bool:
+    """The authors' format: ``{'net': state_dict, ...}`` (no config of ours)."""
+    return isinstance(checkpoint, dict) and "net" in checkpoint and "config" not in checkpoint
+
+
+def official_config(state_dict: dict[str, torch.Tensor], variant: str = "SIGA_R") -> Config:
+    """The paper config of ``variant`` whose class count (1 + charset size) matches an official state_dict:
+    the 36-character set, or the case-sensitive 94-character one."""
+    key = OFFICIAL_CLASSIFIER[variant]
+    weight = state_dict.get(key, state_dict.get("module." + key))
+    if weight is None:
+        raise ValueError(f"not an official {variant} state_dict: {key} is missing")
+    num_classes = weight.shape[0]
+    for charset, sensitive in (("36", False), ("94", True)):
+        config = make_config("paper", model=variant, charset=charset, sensitive=sensitive)
+        if Tokenizer.from_config(config).num_classes == num_classes:
+            return config
+    raise ValueError(f"official {variant} with {num_classes} classes: give its charset explicitly")
+
+
+def official_model(checkpoint: dict, source: str | Path = "official checkpoint", config: Config | None = None,
+                   variant: str = "SIGA_R") -> tuple[nn.Module, Config]:
+    """Model ``variant`` with the weights of an official checkpoint dict (``{'net': state_dict, ...}``)."""
+    if not is_official_checkpoint(checkpoint):
+        raise ValueError(f"{source}: not an official {variant} checkpoint (expected a dict with 'net')")
+    config = config or official_config(checkpoint["net"], variant)
+    model = build_model(config)
+    try:
+        model.load_state_dict(convert_official_state_dict(model, checkpoint["net"], variant))
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from error
+    return model, config
+
+
+def load_official(path: str | Path, config: Config | None = None, variant: str = "SIGA_R") -> tuple[nn.Module, Config]:
+    """Build model ``variant`` and load the authors' released checkpoint file into it through its name map."""
+    return official_model(read_checkpoint_file(path), path, config, variant)
+
+
+def load_tps(model: nn.Module, checkpoint_path: str | Path) -> None:
+    """Copy the TPS localisation network of a checkpoint of this repo (TRBA or SIGA_R) into ``model``
+    (SPEC §3.1, §7 #6): every localisation tensor of ``model`` must be present with the same shape.
+    Freezing is the config's ``freeze_tps``, so that a resumed run stays frozen."""
+    source = load_checkpoint(checkpoint_path)["model"]
+    prefix = "transformation.localization."
+    target = model.transformation.localization.state_dict()
+    found = {key: source.get(prefix + key) for key in target}
+    missing = [prefix + key for key, value in found.items() if value is None]
+    if missing:
+        raise ValueError(f"{checkpoint_path}: missing TPS tensors {missing}")
+    for key, value in found.items():
+        if value.shape != target[key].shape:
+            raise ValueError(f"{checkpoint_path}: {prefix + key} has shape {tuple(value.shape)}, "
+                             f"this model expects {tuple(target[key].shape)}")
+    model.transformation.localization.load_state_dict(found, strict=True)

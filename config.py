@@ -1,0 +1,121 @@
+"""The run configuration: one dataclass whose defaults are the paper's SIGA_R / TRBA setting, and named presets.
+
+Every constant lives here once. The SIGA loss constants are the nested ``siga`` field, a
+``modules.losses.SigaLossSettings`` whose defaults are the paper's (SPEC §4, §7 #28); the losses read
+that object and nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from modules.losses import SigaLossSettings
+
+
+@dataclass
+class Config:
+    """Every model, data and optimisation setting. The defaults are the paper's SIGA_R/TRBA configuration
+    (SPEC §1–§5; batch 320 per process × 2 processes, 160 000 iterations), i.e. the ``paper`` preset."""
+
+    model: str = "TRBA"
+    charset: str = "36"  # "36", "94" or a path to a charset file (one character per line)
+    sensitive: bool = False  # case-sensitive labels (charset 94 by default when set)
+    max_label_length: int = 25  # N_max; decoding steps S = N_max + 1
+    img_h: int = 32
+    img_w: int = 128
+    # architecture widths
+    num_fiducial: int = 20
+    tps_channels: tuple[int, ...] = (64, 128, 256, 512)
+    tps_fc: int = 256
+    backbone_channels: tuple[int, ...] = (32, 32, 64, 128, 256, 512)  # stem, layer1..layer5 (6, 7 = last)
+    backbone_blocks: tuple[int, ...] = (3, 4, 6, 6, 3, 2, 1)  # layer1..layer7
+    hidden_size: int = 256
+    glyph_channels: int = 128  # width of the glyph attention network's U-Net decoder (SPEC §3.5)
+    dropout: float = 0.3  # on the glyph sequences and the final projection (SPEC §3.10)
+    siga: SigaLossSettings = field(default_factory=SigaLossSettings)  # the SIGA loss constants (SPEC §4)
+    freeze_tps: bool = False  # TPS excluded from training (set by --tps_from, the paper's two-stage recipe)
+    freeze_tps_bn: bool = False  # keep the (frozen) TPS's BatchNorm statistics fixed in training (SPEC §7 #7)
+    # optimisation (SPEC §5.2)
+    batch_size: int = 320  # per process; the paper's global batch is 2 × 320
+    num_iter: int = 160000
+    lr: float = 4.5e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    div_factor: float = 20.0
+    final_div_factor: float = 1000.0
+    pct_start: float = 0.3
+    grad_clip: float = 5.0
+    seed: int = 111
+    # data
+    augment: bool = True
+    aug_mode: str = "sample"  # "sample" (per-sample draw) or "fixed" (official once-per-process quirk)
+    workers: int = 12
+    valid_interval: int = 1000
+    save_interval: int = 20000  # periodic snapshots iter_<N>.pth (SPEC §5.5)
+    eval_batch_size: int = 256
+
+    @property
+    def num_steps(self) -> int:
+        """Decoding steps S = N_max + 1 (characters plus EOS)."""
+        return self.max_label_length + 1
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the network input."""
+        return self.img_h, self.img_w
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        """Rebuild from a checkpoint's dict, ignoring keys this version does not know. Checkpoints written
+        before the loss constants moved into ``siga`` keep theirs (LEGACY_LOSS_KEYS)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kept = {key: tuple(value) if isinstance(value, list) else value
+                for key, value in values.items() if key in names and key != "siga"}
+        siga = dict(values.get("siga") or {})
+        siga.update({new: values[old] for old, new in LEGACY_LOSS_KEYS.items() if old in values})
+        return cls(**kept, siga=SigaLossSettings(**siga))
+
+
+#: flat Config names of the SIGA loss constants in checkpoints written before ``Config.siga`` existed
+LEGACY_LOSS_KEYS = {name: name for name in ("mask_threshold", "foreground_threshold", "glyph_foreground_threshold",
+                                             "glyph_attention_threshold", "sharpen_slope", "sharpen_offset",
+                                             "hard_sample_threshold", "align_weight_early", "align_weight_late")}
+LEGACY_LOSS_KEYS["siga_switch_iter"] = "switch_iter"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's SIGA_R / TRBA configuration: the Config defaults (SPEC §5.1).
+    "paper": {},
+    # Same architecture at reduced widths, sized for a 2-core CPU in a few minutes.
+    "demo": dict(
+        tps_channels=(16, 32, 64, 128), tps_fc=64,
+        backbone_channels=(16, 16, 32, 64, 96, 128), backbone_blocks=(1, 1, 1, 1, 1, 1, 1),
+        hidden_size=96, glyph_channels=32, batch_size=32, num_iter=4000, lr=1e-3, pct_start=0.15, augment=False,
+        workers=1, valid_interval=500,
+        siga=dict(switch_iter=500),  # the paper switches at 1/8 of its schedule
+    ),
+    # Smallest working network, for tests.
+    "tiny": dict(
+        tps_channels=(4, 8, 8, 16), tps_fc=16, backbone_channels=(8, 8, 8, 16, 16, 32),
+        backbone_blocks=(1, 1, 1, 1, 1, 1, 1), hidden_size=32, glyph_channels=8, batch_size=8, num_iter=20,
+        workers=0, valid_interval=10, save_interval=10, eval_batch_size=16,
+    ),
+}
+
+
+def make_config(preset: str = "paper", **overrides: Any) -> Config:
+    """A Config from a named preset with explicit overrides (``None`` values are ignored); ``siga`` is a
+    dict of SigaLossSettings fields that update the preset's."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    values = {key: value for key, value in PRESETS[preset].items() if key != "siga"}
+    values.update({key: value for key, value in overrides.items() if value is not None and key != "siga"})
+    siga = {**PRESETS[preset].get("siga", {}), **(overrides.get("siga") or {})}
+    return Config(**values, siga=SigaLossSettings(**siga))

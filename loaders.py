@@ -1,0 +1,61 @@
+"""DataLoaders of a training run: this rank's endless training batches and the sharded validation sets."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from config import Config
+from dataset import Collate, SkipTally, TrainingDraws, build_dataset_groups, make_eval_loader
+from distributed import DistEnv
+from lmdb_io import find_lmdb_leaves
+from modules.augment import JointAugment
+from samplers import RatioBatchSampler, ShuffledBatchSampler
+from tokenizer import Tokenizer
+
+
+def make_train_loader(train_data: str, select_data: str, batch_ratio: str | None, mask_root: str | None,
+                      config: Config, tokenizer: Tokenizer, need_masks: bool, env: DistEnv, start: int,
+                      log: Callable[[str], None] = print) -> tuple[DataLoader, SkipTally]:
+    """This rank's endless training loader from global batch ``start`` on, and the labels skipped by the
+    initial scan (counted on rank 0 only: every rank scans the same LMDBs).
+
+    ``select_data`` is '-'-separated substrings of leaf paths under ``train_data``; ``batch_ratio`` their
+    '-'-separated shares of every batch (None: uniform sampling over the concatenation).
+    """
+    selections = select_data.split("-")
+    augmenter = JointAugment(config.aug_mode, np.random.default_rng(config.seed)) if config.augment else None
+    groups = build_dataset_groups(train_data, selections, tokenizer, config.image_size, "train", need_masks, mask_root,
+                                  augmenter)
+    scan = SkipTally()
+    for group, selection in zip(groups, selections):
+        skipped = [s for d in group.datasets for s in d.scan_skipped]
+        if env.is_main:
+            scan.add((s.path, s.index, s.reason) for s in skipped)
+        log(f"train data '{selection}': {len(group)} samples from {len(group.datasets)} LMDB(s)"
+            + (f", {len(skipped)} unreadable labels skipped" if skipped else ""))
+    draws = TrainingDraws([leaf for group in groups for leaf in group.datasets], config.seed)
+    global_batch = config.batch_size * env.world_size
+    if len(draws) < global_batch:
+        raise ValueError(f"{train_data}: {len(draws)} training samples, fewer than one global batch of "
+                         f"{global_batch} ({config.batch_size} per process × {env.world_size})")
+    if batch_ratio:
+        ratios = [float(r) for r in batch_ratio.split("-")]
+        sampler = RatioBatchSampler([len(g) for g in groups], ratios, config.batch_size, config.seed, env.rank,
+                                    env.world_size, start)
+    else:
+        sampler = ShuffledBatchSampler(len(draws), config.batch_size, config.seed, env.rank, env.world_size, start)
+    loader = DataLoader(draws, batch_sampler=sampler, num_workers=config.workers, collate_fn=Collate(),
+                        pin_memory=env.device.type == "cuda",
+                        generator=torch.Generator().manual_seed(config.seed + env.rank))
+    return loader, scan
+
+
+def make_eval_loaders(root: str, config: Config, tokenizer: Tokenizer, env: DistEnv) -> dict[str, DataLoader]:
+    """One test-mode loader per leaf LMDB under ``root`` (this rank's shard), keyed by its path relative to ``root``."""
+    return {str(leaf.relative_to(root)) if leaf != Path(root) else leaf.name:
+            make_eval_loader(leaf, tokenizer, config.image_size, config.eval_batch_size, min(config.workers, 2),
+                             env.rank, env.world_size) for leaf in find_lmdb_leaves(root)}

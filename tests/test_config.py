@@ -1,0 +1,31 @@
+"""Config, presets and their round trip through a checkpoint's dict."""
+from __future__ import annotations
+
+import pytest
+
+from config import Config, make_config
+from modules.losses import SigaLossSettings
+
+
+def test_presets_and_config_round_trip():
+    tiny = make_config("tiny", num_iter=7)
+    assert tiny.num_iter == 7 and tiny.num_steps == 26
+    assert Config.from_dict(tiny.to_dict()) == tiny
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("huge")
+
+
+def test_paper_preset_is_the_config_defaults_and_loss_constants_live_once():
+    assert make_config("paper") == Config()
+    assert Config().siga == SigaLossSettings()
+    demo = make_config("demo", model="SIGA_R", siga={"sharpen_slope": 85.0})
+    assert demo.siga.switch_iter == 500 and demo.siga.sharpen_slope == 85.0 and demo.siga.sharpen_offset == 0.1
+
+
+def test_checkpoints_with_flat_loss_constants_keep_them():
+    """Configs written before the loss constants moved into ``siga`` (flat names) keep their values."""
+    old = {key: value for key, value in make_config("tiny").to_dict().items() if key != "siga"}
+    old.update(siga_switch_iter=123, sharpen_slope=50.0)
+    config = Config.from_dict(old)
+    assert config.siga.switch_iter == 123 and config.siga.sharpen_slope == 50.0
+    assert config.siga.sharpen_offset == SigaLossSettings().sharpen_offset
