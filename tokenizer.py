@@ -111,8 +111,8 @@ class Tokenizer:
 
         A string is cut at its first EOS. Without EOS all S characters are kept, unless
         ``drop_last_without_eos`` reproduces the official quirk of dropping the last one (SPEC §2).
-        Confidence = product of per-step max probabilities up to and including EOS (DTRB's
-        definition); 0 for an empty prediction.
+        Confidence = product of per-step max probabilities up to and including the EOS step; 0 for an
+        empty prediction. (SPEC §6's DTRB definition stops before EOS: see the README's differences.)
         """
         probs = logits.detach().float().softmax(-1)
         max_probs, ids = probs.max(-1)

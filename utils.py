@@ -29,10 +29,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 def retain_freed_cpu_memory() -> bool:
     """Make glibc's malloc keep freed memory in the process heap instead of unmapping it (Linux only;
     returns whether it applied). Glibc serves blocks above 32 MiB with a fresh mmap and returns them to
-    the OS when freed, so every CPU training step page-faults and zero-fills its largest activations
-    again: SIGA_R's full-resolution 128-channel glyph maps (128 MiB each at batch 32) made its paper-size
-    training step 7.7 s instead of 6.2 s that way. The resident memory then stays at its peak between
-    steps instead of shrinking."""
+    the OS when freed, so every CPU training step would page-fault and zero-fill its largest activations
+    (SIGA's full-resolution glyph maps) again; the README's Benchmark section has the measured effect.
+    The resident memory then stays at its peak between steps instead of shrinking."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)

@@ -125,8 +125,7 @@ class TPSRectifier(nn.Module):
         """image [B, 3, H, W] (and mask [B, 1, H, W]) → rectified image (and mask) of the same size.
 
         Always in float32, also under autocast: bfloat16 errors in the fiducials shift the whole sampling
-        grid (``bench.py --agreement``: bf16/fp32 agreement of a demo TRBA on real words rises from 89.5 %
-        to 96.5 %), and the TPS is only 4 % of SIGA_R's inference FLOPs (0.47 of 11.8 GFLOP per image)."""
+        grid, and the TPS is a small share of the model's FLOPs (README, Benchmark)."""
         with torch.autocast(image.device.type, enabled=False):
             return self._rectify(image.to(torch.promote_types(image.dtype, torch.float32)), mask)
 

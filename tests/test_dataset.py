@@ -12,6 +12,7 @@ from PIL import Image
 
 from dataset import (IMAGENET_MEAN, IMAGENET_STD, Collate, LmdbDataset, Sample, Skipped, build_dataset_groups,
                      mirror_mask_path, resize_mask, select_leaves)
+from golden import load_golden, require
 from lmdb_io import LmdbWriter, encode_png, open_lmdb
 from samplers import RatioBatchSampler, ShardSampler, ShuffledBatchSampler
 from tokenizer import Tokenizer, load_charset
@@ -39,6 +40,7 @@ def write_lmdb(path: Path, labels: list[str], corrupt: set[int] = frozenset(), s
 
 
 def test_real_iiit5k_lmdb():
+    require(IIIT5K)
     train = LmdbDataset(IIIT5K, TOKENIZER, (32, 128), "train")
     test = LmdbDataset(IIIT5K, TOKENIZER, (32, 128), "test")
     assert len(test) == 2000 and len(train) == 2000  # no raw label is longer than 25
@@ -171,8 +173,8 @@ def test_shard_sampler_partitions_without_padding():
 def test_train_sample_matches_official_data_path_on_golden_images():
     """K-means at the original size, then the mask resized as an integer image: the official masks of
     golden io.pt exactly (SPEC §1.4b/§1.7), for the same IIIT5k images read through the dataset."""
-    golden = torch.load(IIIT5K.parent / "golden" / "io.pt", weights_only=True)["inputs"]
-    train = LmdbDataset(IIIT5K, TOKENIZER, (32, 128), "train", need_masks=True, kmeans_seed=0)
+    golden = load_golden("io.pt")["inputs"]
+    train = LmdbDataset(require(IIIT5K), TOKENIZER, (32, 128), "train", need_masks=True, kmeans_seed=0)
     for row, key in enumerate(golden["lmdb_keys"]):
         sample = train[int(np.flatnonzero(train.indices == key)[0])]
         assert sample.label == golden["labels"][row]

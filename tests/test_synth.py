@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from golden import require
 from lmdb_io import MASK_KEY, open_lmdb, read_num_samples
 from tools import synth
 from tools.synth import SynthConfig, build_demo_data, find_fonts, render_sample, write_synth_lmdb
@@ -43,8 +44,7 @@ def test_words_file_is_small_clean_and_one_word_per_line():
 
 
 def test_words_are_disjoint_from_iiit5k_train_labels():
-    if not (IIIT5K / "data.mdb").is_file():
-        pytest.skip(f"{IIIT5K} not present: cannot check the held-out real-word set")
+    require(IIIT5K / "data.mdb")
     env = open_lmdb(IIIT5K)
     try:
         count = read_num_samples(env, IIIT5K)
