@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from benchmarking import DTYPES, bench_agreement, bench_loader, bench_setting, compare, matmul_gflops
-from tools.synth import build_demo_data
 from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
 DEMO_ROOT = Path("data/synth_demo")
@@ -106,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             print("SIGA_R / TRBA time (" + first + "): "
                   + ", ".join(f"{k} {v:.2f}×" for k, v in report["ratios"].items()))
     if args.data:
+        # imported here: the memory probes' spawned processes re-import this file, and the generator's
+        # imports (matplotlib) would count in their peak memory
+        from tools.synth import build_demo_data
+
         build_demo_data(DEMO_ROOT)
         report["data"] = bench_loader(args, str(DEMO_ROOT / "images" / "train"), str(DEMO_ROOT / "masks" / "train"))
         print(f"training loader, {args.workers} workers: {report['data']['images_per_second']:.0f} img/s")

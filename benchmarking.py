@@ -26,9 +26,10 @@ from evaluation import benchmark_normalize, evaluate
 from loaders import make_train_loader
 from model import build_model
 from tokenizer import Tokenizer
-from utils import use_channels_last
+from utils import AMP_DTYPES, use_channels_last
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+#: bench.py's precision names and their autocast dtypes
+DTYPES = {"fp32": AMP_DTYPES["off"], "bf16": AMP_DTYPES["bf16"]}
 
 
 def median_seconds(runs: dict[str, Callable[[], object]], device: torch.device, warmup: int,
@@ -216,7 +217,7 @@ def bench_agreement(args: argparse.Namespace) -> dict:
     dataset = LmdbDataset(args.eval_data, tokenizer, (config.img_h, config.img_w), "test")
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=Collate())
     full = evaluate(model, loader, tokenizer, device, keep_predictions=True)
-    half = evaluate(model, loader, tokenizer, device, keep_predictions=True, amp_dtype=torch.bfloat16)
+    half = evaluate(model, loader, tokenizer, device, keep_predictions=True, amp_dtype=DTYPES["bf16"])
     same = [a[0] == b[0] for a, b in zip(full.predictions, half.predictions)]
     correct = [benchmark_normalize(p) == benchmark_normalize(t) for p, t, _ in full.predictions]
     same_when_correct = sum(s for s, c in zip(same, correct) if c)

@@ -14,7 +14,7 @@ import sys
 import torch
 
 from inference import image_paths_for_cli, load_for_inference, readable_images, recognize, unreadable_report
-from utils import MEMORY_FORMATS, retain_freed_cpu_memory
+from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = image_paths_for_cli(args.images)
     if not paths:
         return 1
-    amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
+    amp_dtype = AMP_DTYPES[args.amp]
 
     read = 0
     readable = readable_images(paths)

@@ -18,7 +18,7 @@ import torch
 
 from benchmarks import BENCHMARKS, SetResult, compute_totals, evaluate_set, format_table, resolve_eval_sets, write_predictions
 from inference import load_for_inference
-from utils import MEMORY_FORMATS, retain_freed_cpu_memory
+from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     batch_size = args.batch_size or config.eval_batch_size
-    amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
+    amp_dtype = AMP_DTYPES[args.amp]
 
     results: list[SetResult] = []
     for eval_set in eval_sets:
