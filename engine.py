@@ -107,6 +107,8 @@ class RunLog:
         if env.is_main:
             from tensorboardX import SummaryWriter
 
+            run_dir.mkdir(parents=True, exist_ok=True)
+
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def line(self, text: str) -> None:
@@ -163,6 +165,7 @@ class FitState:
     """The loop's running numbers: best/last validation accuracy, skipped samples, throughput windows."""
 
     best_accuracy: float = -1.0
+    scan_skipped: SkipTally = field(default_factory=SkipTally)
     last_accuracy: float | None = None
     loss: float = float("nan")
     stopped_by: int = 0
@@ -175,22 +178,21 @@ class FitState:
 
 class Trainer:
     """One process's share of a run: the model (DDP-wrapped when distributed), optimiser, schedule and
-    gradient scaler; ``step`` is one optimiser step, ``fit`` the whole loop."""
+    gradient scaler; ``step`` is one optimiser step, ``fit`` the whole loop, which logs to and checkpoints
+    into ``run_dir`` (keeping the ``keep_last`` newest periodic snapshots)."""
 
     def __init__(self, model: torch.nn.Module, config: Config, tokenizer: Tokenizer, env: DistEnv,
-                 amp_dtype: torch.dtype | None, sync_bn: bool = True):
+                 amp_dtype: torch.dtype | None, sync_bn: bool = True, run_dir: Path | None = None,
+                 keep_last: int = 5):
         self.model, self.config, self.tokenizer, self.env, self.amp_dtype = model, config, tokenizer, env, amp_dtype
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.trainable, config)
         self.scheduler = one_cycle_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
         self.forward = wrap_ddp(model, env, sync_bn) if env.is_distributed else model
-        # set for a run by prepare_trainer / fit (bench.py only calls step)
-        self.run_dir: Path | None = None
-        self.run_log: RunLog | None = None
-        self.keep_last = 5
-        self.valid_loaders: dict[str, DataLoader] = {}
-        self.scan_skipped = SkipTally()
+        self.run_dir, self.keep_last = run_dir, keep_last
+        self.run_log = RunLog(run_dir, env) if run_dir is not None else None
+        self.valid_loaders: dict[str, DataLoader] = {}  # the current fit's
 
     def load_state(self, checkpoint: dict) -> None:
         """Optimiser, schedule and scaler of a checkpoint being resumed."""
@@ -251,12 +253,14 @@ class Trainer:
                 old.unlink()
 
     def fit(self, batches: Iterator[Batch], valid_loaders: dict[str, DataLoader], start: int, best_accuracy: float,
-            train_data: str) -> FitState:
+            train_data: str, scan_skipped: SkipTally) -> FitState:
         """Train from iteration ``start`` to ``config.num_iter``, validating on ``valid_loaders`` and
         checkpointing on the config's cadence; a signal or a data failure (reported with ``train_data``)
-        checkpoints and stops (a failure raises SystemExit)."""
+        checkpoints and stops (a failure raises SystemExit). ``scan_skipped``: labels the data scan left out."""
+        if self.run_dir is None:
+            raise ValueError("Trainer.fit needs a run_dir for its logs and checkpoints")
         self.valid_loaders = valid_loaders
-        state = FitState(best_accuracy=best_accuracy)
+        state = FitState(best_accuracy=best_accuracy, scan_skipped=scan_skipped)
         progress = tqdm(range(start, self.config.num_iter), initial=start, total=self.config.num_iter,
                         dynamic_ncols=True, disable=None if self.env.is_main else True)
         with StopSignal() as stop:
@@ -342,7 +346,7 @@ class Trainer:
 
     def all_skipped(self, state: FitState) -> SkipTally:
         """Samples skipped on every rank during the run, plus those of the initial label scan (collective)."""
-        return SkipTally.merged(gather_objects(state.skipped, self.env) + [self.scan_skipped])
+        return SkipTally.merged(gather_objects(state.skipped, self.env) + [state.scan_skipped])
 
 
 def restore_process_rng(checkpoint: dict | None, config: Config, env: DistEnv) -> None:
@@ -405,15 +409,13 @@ def prepare_trainer(options: RunOptions, env: DistEnv) -> tuple[Trainer, dict | 
         channels_last = use_channels_last(model, options.channels_last, env.device, training=True)
     except ValueError as error:
         raise SystemExit(f"error: --channels_last on: {error}") from None
-    trainer = Trainer(model, config, tokenizer, env, AMP_DTYPES[options.amp], options.sync_bn)
+    trainer = Trainer(model, config, tokenizer, env, AMP_DTYPES[options.amp], options.sync_bn, options.run_dir(config),
+                      options.keep_last)
     if checkpoint is not None:
         trainer.load_state(checkpoint)
     restore_process_rng(checkpoint, config, env)
-    trainer.run_dir, trainer.keep_last = options.run_dir(config), options.keep_last
     if env.is_main:
-        trainer.run_dir.mkdir(parents=True, exist_ok=True)
         (trainer.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    trainer.run_log = RunLog(trainer.run_dir, env)
     parameters = sum(p.numel() for p in model.parameters())
     log(env, f"model {config.model}: {parameters:,} parameters ({sum(p.numel() for p in trainer.trainable):,} "
              f"trainable); {env.world_size} process(es) × batch {config.batch_size} on {env.device}, amp "
@@ -426,12 +428,12 @@ def run(options: RunOptions, env: DistEnv) -> dict:
     trainer, checkpoint = prepare_trainer(options, env)
     config = trainer.config
     start = checkpoint["iteration"] if checkpoint else 0
-    loader, trainer.scan_skipped = make_train_loader(
+    loader, scan_skipped = make_train_loader(
         options.train_data, options.select_data, options.batch_ratio, options.mask_root, config, trainer.tokenizer,
         trainer.model.needs_masks, env, start, lambda message: log(env, message))
     valid_loaders = make_eval_loaders(options.valid_data, config, trainer.tokenizer, env)
     state = trainer.fit(iter(loader), valid_loaders, start,
-                        checkpoint.get("best_accuracy", -1.0) if checkpoint else -1.0, options.train_data)
+                        checkpoint.get("best_accuracy", -1.0) if checkpoint else -1.0, options.train_data, scan_skipped)
     skipped = trainer.all_skipped(state)
     if skipped.total():
         trainer.run_log.line(f"corrupt samples skipped per LMDB:\n{skipped.report()}")
