@@ -121,18 +121,30 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
 _TPS = "model_one.Transformation.LocalizationNetwork."
 _RESNET = "model_one.FeatureExtraction.ConvNet."
 _GLYPH = "model_two.Attention_Cls."
-#: SIGA_R: our module prefix → the official one; the longest matching prefix renames a key. Together with
-#: its OFFICIAL_IGNORED entry this accounts for every key of the official SIGA_R state_dict.
-SIGA_R_NAME_MAP: dict[str, str] = {
-    "transformation.localization.": _TPS,
-    "backbone.": _RESNET,
-    "backbone.conv6.0.": _RESNET + "conv6.", "backbone.conv6.1.": _RESNET + "bn6.",
-    "backbone.conv7_1.0.": _RESNET + "conv7_1.", "backbone.conv7_1.1.": _RESNET + "bn7_1.",
-    "backbone.conv7_2.0.": _RESNET + "conv7_2.", "backbone.conv7_2.1.": _RESNET + "bn7_2.",
-    "siga.alignment_sequence.": "model_one.SequenceModeling.",
-    "siga.alignment_decoder.": "model_one.Prediction.",
-    "siga.sequence.": "model_two.SequenceEncoding.",
-    "siga.trba_decoder.": "model_two.Prediction.",
+
+
+def siga_heads_map(fusion_one: str, fusion_two: str) -> dict[str, str]:
+    """Our SigaHeads prefixes → the official ones (identical in SIGA_R and SIGA_S but for where the fusion
+    decoders keep their attention decoder: ``fusion_one``/``fusion_two`` end with '.')."""
+    return {
+        "siga.alignment_sequence.": "model_one.SequenceModeling.",
+        "siga.alignment_decoder.": "model_one.Prediction.",
+        "siga.sequence.": "model_two.SequenceEncoding.",
+        "siga.trba_decoder.": "model_two.Prediction.",
+        "siga.position_decoder_low.": "model_two.FC_Prediction_1.",
+        "siga.position_decoder_mid.": "model_two.FC_Prediction_2.",
+        "siga.fusion_decoder_low.": fusion_one,
+        "siga.fusion_decoder_low.attention_cell.fusion.gate.": fusion_one + "attention_cell.fusion.W.",
+        "siga.fusion_decoder_mid.": fusion_two,
+        "siga.fusion_decoder_mid.attention_cell.fusion.gate.": fusion_two + "attention_cell.fusion.W.",
+        "siga.fusion.gate.": "model_two.Fusion.W.",
+        "siga.projection.": "model_two.pw.",
+        "siga.final_decoder.": "model_two.generator.",
+    }
+
+
+#: the glyph attention network's prefixes both variants share (SIGA_S adds the unpooling stage ``up_full``)
+GLYPH_MAP: dict[str, str] = {
     "glyph.reduce_mid.0.": _GLYPH + "conv1.", "glyph.reduce_mid.1.": _GLYPH + "bn1.",
     "glyph.mid_block.0.": _GLYPH + "conv2.", "glyph.mid_block.1.": _GLYPH + "bn2.",
     "glyph.mid_head.": _GLYPH + "cls_Head_Middle.0.",
@@ -147,25 +159,38 @@ SIGA_R_NAME_MAP: dict[str, str] = {
     "glyph.features_mid.": _GLYPH + "Middle.",
     "glyph.sequence_low.": _GLYPH + "lstm.0.",
     "glyph.sequence_mid.": _GLYPH + "lstm.1.",
-    "siga.position_decoder_low.": "model_two.FC_Prediction_1.",
-    "siga.position_decoder_mid.": "model_two.FC_Prediction_2.",
-    "siga.fusion_decoder_low.": "model_two.Iterable_Predicition_one.",
-    "siga.fusion_decoder_low.attention_cell.fusion.gate.": "model_two.Iterable_Predicition_one.attention_cell.fusion.W.",
-    "siga.fusion_decoder_mid.": "model_two.Iterable_Predicition_two.",
-    "siga.fusion_decoder_mid.attention_cell.fusion.gate.": "model_two.Iterable_Predicition_two.attention_cell.fusion.W.",
-    "siga.fusion.gate.": "model_two.Fusion.W.",
-    "siga.projection.": "model_two.pw.",
-    "siga.final_decoder.": "model_two.generator.",
+}
+#: SIGA_R: our module prefix → the official one; the longest matching prefix renames a key. Together with
+#: its OFFICIAL_IGNORED entry this accounts for every key of the official SIGA_R state_dict.
+SIGA_R_NAME_MAP: dict[str, str] = {
+    "transformation.localization.": _TPS,
+    "backbone.": _RESNET,
+    "backbone.conv6.0.": _RESNET + "conv6.", "backbone.conv6.1.": _RESNET + "bn6.",
+    "backbone.conv7_1.0.": _RESNET + "conv7_1.", "backbone.conv7_1.1.": _RESNET + "bn7_1.",
+    "backbone.conv7_2.0.": _RESNET + "conv7_2.", "backbone.conv7_2.1.": _RESNET + "bn7_2.",
+    **GLYPH_MAP,
+    **siga_heads_map("model_two.Iterable_Predicition_one.", "model_two.Iterable_Predicition_two."),
+}
+#: SIGA_S (SPEC_SIGA_S §10): SVTR keeps the official names below FeatureExtraction.
+SIGA_S_NAME_MAP: dict[str, str] = {
+    "transformation.localization.": _TPS,
+    "backbone.": "model_one.FeatureExtraction.",
+    **GLYPH_MAP,
+    "glyph.up_full.": _GLYPH + "unpool4.",
+    **siga_heads_map("model_two.Iterable_Predicition_one.Prediction.", "model_two.Iterable_Predicition_two.Prediction."),
 }
 #: per released model: our prefix → official prefix
-OFFICIAL_NAME_MAPS: dict[str, dict[str, str]] = {"SIGA_R": SIGA_R_NAME_MAP}
+OFFICIAL_NAME_MAPS: dict[str, dict[str, str]] = {"SIGA_R": SIGA_R_NAME_MAP, "SIGA_S": SIGA_S_NAME_MAP}
 #: per released model: official keys with no counterpart (SIGA_R: the TPS grid constants, recomputed, and the
 #: unused downsampler)
 OFFICIAL_IGNORED: dict[str, tuple[str, ...]] = {
     "SIGA_R": ("model_one.Transformation.GridGenerator.", "model_two.downsampler."),
+    # SIGA_S also saves its glyph-CE class weights, a constant of the losses (SPEC_SIGA_S bug S25)
+    "SIGA_S": ("model_one.Transformation.GridGenerator.", "model_two.downsampler.", "model_two.loss."),
 }
 #: per released model: the final classifier's weight, whose rows give the class count
-OFFICIAL_CLASSIFIER: dict[str, str] = {"SIGA_R": "model_two.generator.generator.weight"}
+OFFICIAL_CLASSIFIER: dict[str, str] = {"SIGA_R": "model_two.generator.generator.weight",
+                                       "SIGA_S": "model_two.generator.generator.weight"}
 
 
 def official_name(key: str, variant: str = "SIGA_R") -> str:

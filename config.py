@@ -32,6 +32,14 @@ class Config:
     backbone_blocks: tuple[int, ...] = (3, 4, 6, 6, 3, 2, 1)  # layer1..layer7
     hidden_size: int = 256
     glyph_channels: int = 128  # width of the glyph attention network's U-Net decoder (SPEC §3.5)
+    # SVTR backbone of SIGA_S / TSBA (SPEC_SIGA_S §3.2); unused by the ResNet models
+    svtr_dims: tuple[int, ...] = (192, 256, 512)
+    svtr_depths: tuple[int, ...] = (3, 9, 9)
+    svtr_heads: tuple[int, ...] = (6, 8, 16)
+    svtr_local_blocks: int = 10  # the first blocks mix locally, the rest globally
+    svtr_local_window: tuple[int, int] = (7, 11)
+    svtr_out_channels: int = 384  # width of V and of SIGA_S's final generator
+    drop_path_rate: float = 0.1
     dropout: float = 0.3  # on the glyph sequences and the final projection (SPEC §3.10)
     siga: SigaLossSettings = field(default_factory=SigaLossSettings)  # the SIGA loss constants (SPEC §4)
     freeze_tps: bool = False  # TPS excluded from training (set by --tps_from, the paper's two-stage recipe)

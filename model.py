@@ -13,11 +13,12 @@ import torch.nn as nn
 
 from config import Config
 from modules.decoders import AttentionDecoder
-from modules.glyph_attention import GlyphAttentionNetwork
+from modules.glyph_attention import GlyphAttentionNetwork, SvtrGlyphAttentionNetwork
 from modules.outputs import Prediction, RecognitionOutput, SigaOutput
 from modules.resnet import ResNet45
 from modules.sequence import bilstm_stack
 from modules.siga import SigaHeads
+from modules.svtr import SVTRLarge
 from modules.transformation import TPSRectifier
 from tokenizer import Tokenizer
 
@@ -102,6 +103,27 @@ def build_siga_r(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecogniz
                                   hidden)
     siga = SigaHeads(backbone.out_channels, hidden, 2 * hidden, tokenizer.num_classes, config.num_steps,
                      tokenizer.sos_id, tokenizer.eos_id, config.dropout)
+    return GlyphAttentionRecognizer(tps(config), backbone, glyph, siga)
+
+
+def svtr(config: Config) -> SVTRLarge:
+    total = sum(config.svtr_depths)
+    mixers = ("Local",) * config.svtr_local_blocks + ("Global",) * (total - config.svtr_local_blocks)
+    return SVTRLarge(img_size=config.image_size, embed_dims=config.svtr_dims, depths=config.svtr_depths,
+                     num_heads=config.svtr_heads, mixers=mixers, local_window=config.svtr_local_window,
+                     drop_path_rate=config.drop_path_rate, out_channels=config.svtr_out_channels)
+
+
+def build_siga_s(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecognizer:
+    """TPS + SVTR-Large with SIGA_S's glyph attention network on F0/F1/F2 and the SIGA heads, whose final
+    width is SVTR's output width (SPEC_SIGA_S §3). Not in MODELS yet: its losses and recipe (SPEC_SIGA_S
+    §4–§5) are still SIGA_R's here."""
+    backbone = svtr(config)
+    hidden = config.hidden_size
+    glyph = SvtrGlyphAttentionNetwork(backbone.feature_channels, config.max_label_length + 2, config.glyph_channels,
+                                      hidden)
+    siga = SigaHeads(backbone.out_channels, hidden, config.svtr_out_channels, tokenizer.num_classes,
+                     config.num_steps, tokenizer.sos_id, tokenizer.eos_id, config.dropout)
     return GlyphAttentionRecognizer(tps(config), backbone, glyph, siga)
 
 

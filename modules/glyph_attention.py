@@ -15,9 +15,11 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel: int, bias: bool = 
                          nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
-def upsample_bn_relu(channels: int) -> nn.Sequential:
-    """×2 transposed convolution (k4, s2, p1), BN, ReLU."""
-    return nn.Sequential(nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+def upsample_bn_relu(channels: int, out_channels: int | None = None, kernel=4, stride=2, padding=1) -> nn.Sequential:
+    """Transposed convolution (default ×2: k4, s2, p1), BN, ReLU."""
+    out_channels = out_channels or channels
+    return nn.Sequential(nn.ConvTranspose2d(channels, out_channels, kernel, stride, padding),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 def glyph_pooling(glyph_logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -38,7 +40,33 @@ class GlyphOutput(NamedTuple):
     seg_logits: torch.Tensor | None
 
 
-class GlyphAttentionNetwork(nn.Module):
+class GlyphEncoders(nn.Module):
+    """What every glyph attention network shares: the mid/low decoder stages' data flow (each variant builds
+    its own layers under the same names) and the glyph encoders (SPEC §3.5 steps 4–6): glyph features from
+    F1 and F2 (3×3 conv, BN, ReLU), pooled by each slot's spatial softmax and encoded by a BiLSTM per scale."""
+
+    def add_glyph_encoders(self, c1: int, c2: int, feature_size: int) -> None:
+        """Register the encoders (called last by a subclass, so parameters keep the official order)."""
+        self.features_low = conv_bn_relu(c1, feature_size, 3, bias=False)
+        self.features_mid = conv_bn_relu(c2, feature_size, 3, bias=False)
+        self.sequence_low = BiLSTM(feature_size, feature_size, feature_size)
+        self.sequence_mid = BiLSTM(feature_size, feature_size, feature_size)
+
+    def glyph_logits(self, f1: torch.Tensor, f2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The U-Net decoder's mid and low stages (SPEC §3.5 steps 1–2), which every variant names alike:
+        (low-stage hidden map, glyph logits low [B,K,h1,w1], glyph logits mid [B,K,h2,w2])."""
+        hidden_mid = self.mid_block(self.reduce_mid(f2))
+        hidden_low = self.low_block(self.low_merge(torch.cat([self.up_low(hidden_mid), f1], 1)))
+        return hidden_low, self.low_head(hidden_low), self.mid_head(hidden_mid)
+
+    def glyph_output(self, logits_low: torch.Tensor, logits_mid: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor,
+                     seg_logits: torch.Tensor | None) -> GlyphOutput:
+        sequence_low = self.sequence_low(glyph_pooling(logits_low, self.features_low(f1)))
+        sequence_mid = self.sequence_mid(glyph_pooling(logits_mid, self.features_mid(f2)))
+        return GlyphOutput(logits_low, logits_mid, sequence_low, sequence_mid, seg_logits)
+
+
+class GlyphAttentionNetwork(GlyphEncoders):
     """From (F0, F1, F2) to segmentation logits, glyph logits (K = N_max + 2 channels, 0 = background)
     at 1/4 ("mid") and 1/2 ("low") resolution, and BiLSTM-encoded glyph feature sequences.
 
@@ -60,22 +88,51 @@ class GlyphAttentionNetwork(nn.Module):
         self.up_seg = upsample_bn_relu(channels)
         self.seg_merge = conv_bn_relu(channels + c0, channels, 1)
         self.seg_head = nn.Conv2d(channels, 2, 1)
-        self.features_low = conv_bn_relu(c1, feature_size, 3, bias=False)
-        self.features_mid = conv_bn_relu(c2, feature_size, 3, bias=False)
-        self.sequence_low = BiLSTM(feature_size, feature_size, feature_size)
-        self.sequence_mid = BiLSTM(feature_size, feature_size, feature_size)
+        self.add_glyph_encoders(c1, c2, feature_size)
 
     def forward(self, levels: tuple[torch.Tensor, ...], segmentation: bool = True) -> GlyphOutput:
         """``levels`` = (F0, F1, F2) of the backbone; ``segmentation=False`` skips the full-resolution branch,
         which only the losses need."""
         f0, f1, f2 = levels
-        hidden_mid = self.mid_block(self.reduce_mid(f2))
-        logits_mid = self.mid_head(hidden_mid)
-        hidden_low = self.low_block(self.low_merge(torch.cat([self.up_low(hidden_mid), f1], 1)))
-        logits_low = self.low_head(hidden_low)
+        hidden_low, logits_low, logits_mid = self.glyph_logits(f1, f2)
         seg_logits = None
         if segmentation:
             seg_logits = self.seg_head(self.seg_merge(torch.cat([self.up_seg(hidden_low), f0], 1)))
-        sequence_low = self.sequence_low(glyph_pooling(logits_low, self.features_low(f1)))
-        sequence_mid = self.sequence_mid(glyph_pooling(logits_mid, self.features_mid(f2)))
-        return GlyphOutput(logits_low, logits_mid, sequence_low, sequence_mid, seg_logits)
+        return self.glyph_output(logits_low, logits_mid, f1, f2, seg_logits)
+
+
+class SvtrGlyphAttentionNetwork(GlyphEncoders):
+    """SIGA_S's glyph attention network (SPEC_SIGA_S §3.5) over SVTR's F0 [B,c0,H/2,W/2], F1 [B,c1,H/4,W/4]
+    and F2 [B,c2,H/8,W/4]: glyph logits at F2's ("mid") and F1's ("low") grids, and segmentation logits at
+    the input size through one more ×2 unpooling stage than SIGA_R's, since F0 is already at half size.
+
+    F2 → F1 doubles only the height, so that unpooling uses kernel (4, 3) and stride (2, 1).
+    """
+
+    def __init__(self, feature_channels: tuple[int, int, int], num_slots: int, channels: int = 128,
+                 feature_size: int = 256):
+        super().__init__()
+        c0, c1, c2 = feature_channels
+        low_up = channels // 2
+        self.reduce_mid = conv_bn_relu(c2, channels, 1)
+        self.mid_block = conv_bn_relu(channels, channels, 1)
+        self.mid_head = nn.Conv2d(channels, num_slots, 1)
+        self.up_low = upsample_bn_relu(channels, low_up, (4, 3), (2, 1), (1, 1))
+        self.low_merge = conv_bn_relu(low_up + c1, channels, 1)
+        self.low_block = conv_bn_relu(channels, channels, 1)
+        self.low_head = nn.Conv2d(channels, num_slots, 1)
+        self.up_seg = upsample_bn_relu(channels, c0)
+        self.seg_merge = conv_bn_relu(2 * c0, channels, 1)
+        self.up_full = upsample_bn_relu(channels, c0)
+        self.seg_head = nn.Conv2d(c0, 2, 1)
+        self.add_glyph_encoders(c1, c2, feature_size)
+
+    def forward(self, levels: tuple[torch.Tensor, ...], segmentation: bool = True) -> GlyphOutput:
+        """``levels`` = (F0, F1, F2) of SVTR; ``segmentation=False`` skips the full-resolution branch."""
+        f0, f1, f2 = levels
+        hidden_low, logits_low, logits_mid = self.glyph_logits(f1, f2)
+        seg_logits = None
+        if segmentation:
+            merged = self.seg_merge(torch.cat([self.up_seg(hidden_low), f0], 1))
+            seg_logits = self.seg_head(self.up_full(merged))
+        return self.glyph_output(logits_low, logits_mid, f1, f2, seg_logits)

@@ -21,6 +21,12 @@ import torch
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GOLDEN = SHARED / "golden"
 OFFICIAL_KEYS = SHARED / "official_siga_r_state_dict.json"
+#: per model: its golden directory and official key list (SIGA_S: ../shared/data/golden_siga_s/README.md)
+VARIANTS = {"SIGA_R": (GOLDEN, OFFICIAL_KEYS),
+            "SIGA_S": (SHARED / "golden_siga_s", SHARED / "official_siga_s_state_dict.json")}
+#: SIGA_S keys whose value is not from the rule: the official glyph-CE class weights (golden README §1)
+CONSTANTS = ("model_two.loss.iou_loss.crossentropy.weight",)
+LAYER_NORM = re.compile(r"\.norm\d*$")
 SALT = "siga-golden-v1/55/"
 BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 GRID_CONSTANTS = ("GridGenerator.inv_delta_C", "GridGenerator.P_hat")
@@ -37,8 +43,8 @@ def require(path: Path) -> Path:
     return path
 
 
-def load_golden(name: str):
-    return torch.load(require(GOLDEN / name), map_location="cpu", weights_only=True)
+def load_golden(name: str, variant: str = "SIGA_R"):
+    return torch.load(require(VARIANTS[variant][0] / name), map_location="cpu", weights_only=True)
 
 
 def rule_uniform(key: str, n: int) -> np.ndarray:
@@ -94,22 +100,48 @@ def rule_value(key: str, shape: list[int], bn_prefixes: set[str]) -> np.ndarray:
     return x.reshape(shape).astype(np.float32)
 
 
-@lru_cache(maxsize=1)
-def official_shapes() -> dict[str, list[int]]:
-    return json.loads(require(OFFICIAL_KEYS).read_text())
+def rule_value_s(key: str, shape: list[int], bn_prefixes: set[str]) -> np.ndarray:
+    """SIGA_S's rule (golden_siga_s README §1): SVTR's LayerNorms and ``pos_embed``, else SIGA_R's rule."""
+    prefix, leaf = key.rsplit(".", 1)
+    u = rule_uniform(key, int(np.prod(shape)))
+    if prefix not in bn_prefixes and LAYER_NORM.search(prefix) and leaf in ("weight", "bias"):
+        x = 1.0 + 0.1 * u if leaf == "weight" else 0.1 * u
+    elif key.endswith(".pos_embed"):
+        x = 0.25 * np.sqrt(3.0) * u
+    else:
+        return rule_value(key, shape, bn_prefixes)
+    return x.reshape(shape).astype(np.float32)
 
 
-def rule_parameters() -> dict[str, torch.Tensor]:
-    """Every official parameter (no BN statistics, no grid constants) from the rule."""
-    shapes = official_shapes()
+@lru_cache(maxsize=2)
+def official_shapes(variant: str = "SIGA_R") -> dict[str, list[int]]:
+    return json.loads(require(VARIANTS[variant][1]).read_text())
+
+
+def rule_parameters(variant: str = "SIGA_R") -> dict[str, torch.Tensor]:
+    """Every official parameter (no BN statistics, grid constants or loss constants) from the rule."""
+    shapes = official_shapes(variant)
     bn_prefixes = {k[: -len(".running_mean")] for k in shapes if k.endswith(".running_mean")}
-    return {key: torch.from_numpy(rule_value(key, shape, bn_prefixes)) for key, shape in shapes.items()
-            if not key.endswith(BN_STATISTICS) and not key.endswith(GRID_CONSTANTS)}
+    rule = rule_value_s if variant == "SIGA_S" else rule_value
+    return {key: torch.from_numpy(rule(key, shape, bn_prefixes)) for key, shape in shapes.items()
+            if not key.endswith(BN_STATISTICS) and not key.endswith(GRID_CONSTANTS) and key not in CONSTANTS}
 
 
-@lru_cache(maxsize=1)
-def official_rule_state_dict() -> dict[str, torch.Tensor]:
+@lru_cache(maxsize=2)
+def official_rule_state_dict(variant: str = "SIGA_R") -> dict[str, torch.Tensor]:
     """The official-format state_dict (with the ``module.`` prefix of a released checkpoint)."""
-    state = rule_parameters()
-    state.update(load_golden("bn_buffers.pt"))
+    state = rule_parameters(variant)
+    state.update(load_golden("bn_buffers.pt", variant))
     return {"module." + key: value for key, value in state.items()}
+
+
+def assert_rule_matches_checksums(parameters: dict[str, torch.Tensor], checksums: dict[str, dict]) -> None:
+    """Every rule tensor against its checksum entry (shape, sums, first and last values)."""
+    assert set(parameters) == set(checksums)
+    for key, expected in checksums.items():
+        value = parameters[key].double()
+        assert list(value.shape) == expected["shape"], key
+        assert value.sum().item() == pytest.approx(expected["sum"], rel=1e-9, abs=1e-9), key
+        assert value.abs().sum().item() == pytest.approx(expected["sum_abs"], rel=1e-9), key
+        assert value.flatten()[:3].tolist() == pytest.approx(expected["first"], rel=1e-7), key
+        assert value.flatten()[-1].item() == pytest.approx(expected["last"], rel=1e-7), key

@@ -14,7 +14,7 @@ import torch
 
 from checkpoint import convert_official_state_dict
 from config import make_config
-from golden import GOLDEN, load_golden, official_rule_state_dict, require, rule_parameters
+from golden import GOLDEN, assert_rule_matches_checksums, load_golden, official_rule_state_dict, require, rule_parameters
 from model import build_model
 from modules.losses import training_loss
 from tokenizer import CHARSET_36, Tokenizer
@@ -73,14 +73,7 @@ def forward(golden_model, io_data):
 def test_weight_rule_matches_checksums():
     checksums = json.loads(require(GOLDEN / "weight_rule_checksums.json").read_text())
     parameters = rule_parameters()
-    assert set(parameters) == set(checksums)
-    for key, expected in checksums.items():
-        value = parameters[key].double()
-        assert list(value.shape) == expected["shape"], key
-        assert value.sum().item() == pytest.approx(expected["sum"], rel=1e-9, abs=1e-9), key
-        assert value.abs().sum().item() == pytest.approx(expected["sum_abs"], rel=1e-9), key
-        assert value.flatten()[:3].tolist() == pytest.approx(expected["first"], rel=1e-7), key
-        assert value.flatten()[-1].item() == pytest.approx(expected["last"], rel=1e-7), key
+    assert_rule_matches_checksums(parameters, checksums)
 
 
 def decode(logits: torch.Tensor) -> list[str]:

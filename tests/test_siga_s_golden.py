@@ -1,0 +1,155 @@
+"""SIGA_S's architecture against the official model's outputs (../shared/data/golden_siga_s): the weight rule,
+the official name map and parameter counts (SPEC_SIGA_S §3.11, §10), and the whole model in float64 and
+float32 (eval greedy, eval-BN teacher-forced, train), intermediates included. The golden data run with
+drop-path and dropout off, so the model is built with both at 0."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from checkpoint import OFFICIAL_IGNORED, convert_official_state_dict, official_name
+from config import make_config
+from golden import CONSTANTS, assert_rule_matches_checksums, VARIANTS, load_golden, official_rule_state_dict, official_shapes, require, rule_parameters
+from model import build_siga_s
+from tokenizer import CHARSET_36, Tokenizer
+
+HEADS = {"P_1D": "one_d", "P_TRBA": "trba", "P_2D1": "position_low", "P_2D2": "position_mid",
+         "P_F1": "fusion_low", "P_F2": "fusion_mid"}
+#: golden README §6: float32 against *_f64 on logits, A, X, Q (tight) and on the maps (loose)
+FLOAT32_TIGHT, FLOAT32_MAPS = 2e-4, 1e-3
+count = lambda module: sum(p.numel() for p in module.parameters())
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max())
+
+
+def paper_config(**overrides):
+    return make_config("paper", model="SIGA_S", img_h=48, img_w=160, **overrides)
+
+
+@pytest.fixture(scope="module")
+def io_data():
+    return load_golden("io.pt", "SIGA_S")
+
+
+@pytest.fixture(scope="module")
+def golden_model():
+    """SIGA_S (36 chars, 48×160) with the rule weights loaded through the official-checkpoint map."""
+    config = paper_config(drop_path_rate=0.0, dropout=0.0)
+    model = build_siga_s(config, Tokenizer.from_config(config))
+    model.load_state_dict(convert_official_state_dict(model, official_rule_state_dict("SIGA_S"), "SIGA_S"))
+    return model.eval()
+
+
+def test_weight_rule_matches_checksums():
+    checksums = json.loads(require(VARIANTS["SIGA_S"][0] / "weight_rule_checksums.json").read_text())
+    parameters = rule_parameters("SIGA_S")
+    assert len(parameters) == 467
+    assert_rule_matches_checksums(parameters, checksums)
+
+
+def test_name_map_covers_the_official_state_dict_exactly(golden_model):
+    ours = {official_name(key, "SIGA_S") for key in golden_model.state_dict()}
+    official = {key for key in official_shapes("SIGA_S") if not key.startswith(OFFICIAL_IGNORED["SIGA_S"])}
+    assert len(official_shapes("SIGA_S")) == 518 and ours == official
+    assert len(ours) == len(golden_model.state_dict())  # one-to-one
+    ignored = set(official_shapes("SIGA_S")) - official
+    assert ignored == {"model_one.Transformation.GridGenerator.inv_delta_C", "model_one.Transformation.GridGenerator.P_hat",
+                       "model_two.downsampler.weight", "model_two.downsampler.bias", *CONSTANTS}
+
+
+def test_parameter_counts(golden_model):
+    """SPEC_SIGA_S §3.11: 57,440,419 official parameters, of which we omit the unused downsampler (98,560)."""
+    m = golden_model
+    assert count(m) == 57_440_419 - 98_560
+    assert count(m.transformation) == 1_693_544 and count(m.backbone) == 38_897_344
+    assert count(m.glyph) == 4_025_464
+    assert count(m.siga.alignment_sequence) == count(m.siga.sequence) == 2_630_144
+    assert count(m.siga.position_decoder_low) == 807_717 and count(m.siga.fusion_decoder_mid) == 1_070_629
+    assert count(m.siga.projection) == 98_688 and count(m.siga.final_decoder) == 1_599_909
+    config = paper_config(charset="94", sensitive=True)
+    assert count(build_siga_s(config, Tokenizer.from_config(config))) == 57_656_121 - 98_560
+
+
+def _eval(model: torch.nn.Module, io_data, dtype: torch.dtype):
+    model = copy.deepcopy(model).to(dtype).eval()
+    with torch.no_grad():
+        return model(io_data["inputs"]["images"].to(dtype), early_stop=False)
+
+
+def _teacher_forced(model: torch.nn.Module, io_data, dtype: torch.dtype, train_mode: bool):
+    model = copy.deepcopy(model).to(dtype).train(train_mode)
+    inputs = io_data["inputs"]
+    with torch.no_grad():
+        return model(inputs["images"].to(dtype), inputs["text_ids"][:, :-1], inputs["masks"].to(dtype))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-8), (torch.float32, FLOAT32_TIGHT)])
+def test_eval_greedy_matches_official(golden_model, io_data, dtype, tolerance):
+    out = _eval(golden_model, io_data, dtype)
+    expected = io_data["eval_f64"]
+    assert relative_error(out.logits, expected["P_final"]) <= tolerance
+    assert relative_error(out.auxiliary_logits["fusion_low"], expected["P_F1"]) <= tolerance
+    assert relative_error(out.auxiliary_logits["fusion_mid"], expected["P_F2"]) <= tolerance
+    texts, _ = Tokenizer(CHARSET_36).decode(out.logits, drop_last_without_eos=True)
+    assert texts == expected["decoded"] == io_data["eval_f32"]["decoded"]
+
+
+@pytest.mark.parametrize("dtype, tight, maps", [(torch.float64, 1e-8, 1e-8), (torch.float32, FLOAT32_TIGHT, FLOAT32_MAPS)])
+def test_eval_intermediates(golden_model, io_data, dtype, tight, maps):
+    """Locate a mismatch: fiducials, rectified image, backbone slices, X, H2 and the glyph sequences."""
+    model = copy.deepcopy(golden_model).to(dtype).eval()
+    images = io_data["inputs"]["images"].to(dtype)
+    expected = io_data["eval_f64"]
+    with torch.no_grad():
+        fiducials = model.transformation.localization(images)
+        rectified, _ = model.transformation(images)
+        features = model.backbone(rectified)
+        glyph = model.glyph(features.levels, segmentation=False)
+        contextual = model.siga.sequence(features.sequence)
+    f0, f1, f2 = features.levels
+    assert relative_error(fiducials, expected["C_prime"]) <= tight
+    assert relative_error(features.sequence, expected["X"]) <= tight
+    assert relative_error(contextual, expected["H2"]) <= tight
+    assert relative_error(glyph.sequence_low, expected["Q_low"]) <= tight
+    assert relative_error(glyph.sequence_mid, expected["Q_mid"]) <= tight
+    assert relative_error(rectified[0], expected["rectified_image_s0"]) <= maps
+    assert relative_error(f0[0, :8], expected["F0_s0c8"]) <= maps
+    assert relative_error(f1[0, :16], expected["F1_s0c16"]) <= maps
+    assert relative_error(f2[0, :16], expected["F2_s0c16"]) <= maps
+
+
+def _check_heads(out, expected: dict, tolerance: float) -> None:
+    assert relative_error(out.logits, expected["P_final"]) <= tolerance
+    for name, head in HEADS.items():
+        assert relative_error(out.auxiliary_logits[head], expected[name]) <= tolerance, name
+    assert relative_error(out.attention, expected["A"]) <= tolerance
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-8), (torch.float32, FLOAT32_TIGHT)])
+def test_eval_mode_teacher_forced_matches_official(golden_model, io_data, dtype, tolerance):
+    out = _teacher_forced(golden_model, io_data, dtype, train_mode=False)
+    _check_heads(out, io_data["eval_teacher_forced_f64"], tolerance)
+
+
+@pytest.mark.parametrize("dtype, tight, maps", [(torch.float64, 1e-8, 1e-8), (torch.float32, FLOAT32_TIGHT, FLOAT32_MAPS)])
+def test_train_mode_forward_matches_official(golden_model, io_data, dtype, tight, maps):
+    """Train mode: every BatchNorm (the frozen-in-the-recipe TPS included) uses batch statistics."""
+    out = _teacher_forced(golden_model, io_data, dtype, train_mode=True)
+    expected = io_data["train_f64"]
+    _check_heads(out, expected, tight)
+    assert relative_error(out.rectified_mask, expected["warped_mask"]) <= maps
+    assert relative_error(out.seg_logits, expected["Z_seg"]) <= maps
+    assert relative_error(out.glyph_logits_mid, expected["G_mid"]) <= maps
+    assert relative_error(out.glyph_logits_low, expected["G_low"]) <= maps
+
+
+def test_train_mode_fiducials_float64(golden_model, io_data):
+    model = copy.deepcopy(golden_model).double().train()
+    with torch.no_grad():
+        fiducials = model.transformation.localization(io_data["inputs"]["images"].double())
+    assert relative_error(fiducials, io_data["train_f64"]["C_prime"]) <= 1e-8
