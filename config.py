@@ -87,7 +87,8 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         kept = {key: tuple(value) if isinstance(value, list) else value
                 for key, value in values.items() if key in names and key != "siga"}
-        siga = dict(values.get("siga") or {})
+        siga = {key: tuple(value) if isinstance(value, list) else value
+                for key, value in (values.get("siga") or {}).items()}
         siga.update({new: values[old] for old, new in LEGACY_LOSS_KEYS.items() if old in values})
         return cls(**kept, siga=SigaLossSettings(**siga))
 
@@ -97,6 +98,19 @@ LEGACY_LOSS_KEYS = {name: name for name in ("mask_threshold", "foreground_thresh
                                              "glyph_attention_threshold", "sharpen_slope", "sharpen_offset",
                                              "hard_sample_threshold", "align_weight_early", "align_weight_late")}
 LEGACY_LOSS_KEYS["siga_switch_iter"] = "switch_iter"
+
+#: SIGA_S's glyph-CE class weights: background, then character slots 1..26 (SPEC_SIGA_S §4.4)
+SIGA_S_GLYPH_CLASS_WEIGHTS = (1.000, 1.000, 1.013, 1.058, 1.323, 1.564, 1.831, 2.210, 2.859, 2.859, 2.859, 2.859,
+                              2.859, 2.859, 2.210, 1.831, 1.564, 1.323, 1.058, 1.013, 1.000, 1.000, 1.000, 1.000,
+                              1.000, 1.000, 1.000)
+
+#: what a model changes in every preset (applied first): SIGA_S's input size and loss constants
+#: (SPEC_SIGA_S §1.3, §4: ψ σ(85(a − 0.08)), λ 0.1 throughout, class-weighted glyph CE, the input mask in L_seg)
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "SIGA_S": dict(img_h=48, img_w=160,
+                   siga=dict(sharpen_slope=85.0, sharpen_offset=0.08, align_weight_early=0.1, align_weight_late=0.1,
+                             glyph_class_weights=SIGA_S_GLYPH_CLASS_WEIGHTS, warped_mask_target=False)),
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's SIGA_R / TRBA configuration: the Config defaults (SPEC §5.1).
@@ -119,11 +133,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_config(preset: str = "paper", **overrides: Any) -> Config:
-    """A Config from a named preset with explicit overrides (``None`` values are ignored); ``siga`` is a
-    dict of SigaLossSettings fields that update the preset's."""
+    """A Config from the model's defaults, a named preset and explicit overrides, in that order (``None``
+    values are ignored); ``siga`` entries are dicts of SigaLossSettings fields, merged in the same order."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    values = {key: value for key, value in PRESETS[preset].items() if key != "siga"}
-    values.update({key: value for key, value in overrides.items() if value is not None and key != "siga"})
-    siga = {**PRESETS[preset].get("siga", {}), **(overrides.get("siga") or {})}
+    model = overrides.get("model") or PRESETS[preset].get("model") or Config.model
+    layers = [MODEL_DEFAULTS.get(model, {}), PRESETS[preset], {k: v for k, v in overrides.items() if v is not None}]
+    values = {key: value for layer in layers for key, value in layer.items() if key != "siga"}
+    siga = {key: value for layer in layers for key, value in (layer.get("siga") or {}).items()}
     return Config(**values, siga=SigaLossSettings(**siga))

@@ -213,7 +213,7 @@ class Trainer:
         with autocast(device, self.amp_dtype):
             output = self.forward(images, ids[:, :-1], masks)
         loss = training_loss(to_float32(output), ids[:, 1:], lengths, iteration, self.config.siga,
-                             self.config.num_steps, recognition_weight)
+                             self.config.num_steps, recognition_weight, masks)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.total).backward()
         self.scaler.unscale_(self.optimizer)

@@ -41,6 +41,8 @@ class SigaLossSettings:
     switch_iter: int = 20000
     align_weight_early: float = 1.0          # lambda for iteration < switch_iter (§4.6)
     align_weight_late: float = 0.3
+    glyph_class_weights: tuple[float, ...] | None = None  # per-slot weights of the glyph CE (SIGA_S §4.4)
+    warped_mask_target: bool = True  # L_seg's target: the TPS-warped mask, or the input mask (SIGA_S bug S1)
 
 
 class AlignmentTerms(NamedTuple):
@@ -149,14 +151,18 @@ def glyph_pseudo_labels(attention: torch.Tensor, foreground: torch.Tensor, lengt
         return labels, labels.argmax(dim=1)
 
 
-def glyph_loss(glyph_logits: torch.Tensor, labels: torch.Tensor, hard: torch.Tensor,
-               lengths: torch.Tensor) -> GlyphTerms:
+def glyph_loss(glyph_logits: torch.Tensor, labels: torch.Tensor, hard: torch.Tensor, lengths: torch.Tensor,
+               class_weights: tuple[float, ...] | None = None) -> GlyphTerms:
     """L_g = CE + Dice of SPEC §4.5 for glyph logits [B,K,h,w] and the pseudo-labels of one scale.
 
-    Dice averages 1 − (2ΣPY + 1)/(ΣP + ΣY + 1) over the L_b character channels of each sample, then over
-    the batch with 1/B; samples with L_b = 0 contribute 0 (bug #11).
+    With ``class_weights`` [K] the CE is the weighted mean Σ w[y]·ℓ / Σ w[y] (SPEC_SIGA_S §4.4). Dice
+    averages 1 − (2ΣPY + 1)/(ΣP + ΣY + 1) over the L_b character channels of each sample, then over the batch
+    with 1/B; samples with L_b = 0 contribute 0 (bug #11).
     """
-    cross_entropy = F.cross_entropy(glyph_logits, hard)
+    weight = None
+    if class_weights is not None:
+        weight = torch.tensor(class_weights, dtype=glyph_logits.dtype, device=glyph_logits.device)
+    cross_entropy = F.cross_entropy(glyph_logits, hard, weight=weight)
     probs = glyph_logits.softmax(dim=1)[:, 1:].flatten(2)
     target = labels[:, 1:].flatten(2).to(probs.dtype)
     dice = 1.0 - (2.0 * (probs * target).sum(-1) + 1.0) / (probs.sum(-1) + target.sum(-1) + 1.0)
@@ -185,7 +191,7 @@ def siga_loss_terms(warped_mask: torch.Tensor, seg_logits: torch.Tensor, attenti
     scales = []
     for logits in (glyph_logits_low, glyph_logits_mid):
         labels, hard = glyph_pseudo_labels(attention, foreground, lengths, tuple(logits.shape[-2:]), settings)
-        scales.append(glyph_loss(logits, labels, hard, lengths))
+        scales.append(glyph_loss(logits, labels, hard, lengths, settings.glyph_class_weights))
     low, mid = scales
     weight = alignment_weight(iteration, settings)
     return SigaLossTerms(seg + weight * align.total + low.total + mid.total, seg, align, low, mid, weight)
@@ -212,8 +218,11 @@ def siga_term_dict(siga: SigaLossTerms) -> dict[str, torch.Tensor]:
 
 def training_loss(output: RecognitionOutput | SigaOutput, targets: torch.Tensor, lengths: torch.Tensor,
                   iteration: int, settings: SigaLossSettings, num_steps: int,
-                  recognition_weight: float = 1.0) -> LossResult:
+                  recognition_weight: float = 1.0, masks: torch.Tensor | None = None) -> LossResult:
     """The total loss: a CE per recognition head and, for SIGA, the SIGA losses (SPEC §4.6).
+
+    L_seg's target is the TPS-warped mask, or the input ``masks`` [B,1,H,W] when
+    ``settings.warped_mask_target`` is off (the official SIGA_S, bug S1).
 
     ``num_steps`` = S: the attention maps of a step-truncated batch are padded back to S columns for the
     glyph pseudo-labels (the padded steps are past every label and get no label). ``recognition_weight``
@@ -227,6 +236,11 @@ def training_loss(output: RecognitionOutput | SigaOutput, targets: torch.Tensor,
     if not isinstance(output, SigaOutput):
         return LossResult(total, terms)
     attention = F.pad(output.attention, (0, num_steps - output.attention.shape[2]))
-    siga = siga_loss_terms(output.rectified_mask, output.seg_logits, attention, output.glyph_logits_low,
+    target_mask = output.rectified_mask
+    if not settings.warped_mask_target:
+        if masks is None:
+            raise ValueError("settings.warped_mask_target is off: pass the input masks to training_loss")
+        target_mask = masks.to(output.seg_logits.dtype)
+    siga = siga_loss_terms(target_mask, output.seg_logits, attention, output.glyph_logits_low,
                            output.glyph_logits_mid, lengths, iteration, settings)
     return LossResult(total + siga.total, {**terms, **siga_term_dict(siga)})
