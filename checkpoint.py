@@ -247,11 +247,28 @@ def official_config(state_dict: dict[str, torch.Tensor], variant: str = "SIGA_R"
     raise ValueError(f"official {variant} with {num_classes} classes: give its charset explicitly")
 
 
+#: a key only each released model has (without ``module.``)
+OFFICIAL_SIGNATURES: dict[str, str] = {"SIGA_R": "model_one.FeatureExtraction.ConvNet.conv1.weight",
+                                       "SIGA_S": "model_one.FeatureExtraction.pos_embed"}
+
+
+def official_variant(state_dict: dict[str, torch.Tensor], source: str | Path) -> str:
+    """Which released model an official state_dict is, from its signature key."""
+    keys = {key.removeprefix("module.") for key in state_dict}
+    found = [variant for variant, signature in OFFICIAL_SIGNATURES.items() if signature in keys]
+    if len(found) != 1:
+        raise ValueError(f"{source}: not an official SIGA_R or SIGA_S state_dict (signature keys "
+                         f"{sorted(OFFICIAL_SIGNATURES.values())} not found)")
+    return found[0]
+
+
 def official_model(checkpoint: dict, source: str | Path = "official checkpoint", config: Config | None = None,
-                   variant: str = "SIGA_R") -> tuple[nn.Module, Config]:
-    """Model ``variant`` with the weights of an official checkpoint dict (``{'net': state_dict, ...}``)."""
+                   variant: str | None = None) -> tuple[nn.Module, Config]:
+    """The released model (``variant``, by default told by its keys) with the weights of an official
+    checkpoint dict (``{'net': state_dict, ...}``)."""
     if not is_official_checkpoint(checkpoint):
-        raise ValueError(f"{source}: not an official {variant} checkpoint (expected a dict with 'net')")
+        raise ValueError(f"{source}: not an official SIGA checkpoint (expected a dict with 'net')")
+    variant = variant or official_variant(checkpoint["net"], source)
     config = config or official_config(checkpoint["net"], variant)
     model = build_model(config)
     try:
@@ -261,7 +278,8 @@ def official_model(checkpoint: dict, source: str | Path = "official checkpoint",
     return model, config
 
 
-def load_official(path: str | Path, config: Config | None = None, variant: str = "SIGA_R") -> tuple[nn.Module, Config]:
+def load_official(path: str | Path, config: Config | None = None, variant: str | None = None
+                  ) -> tuple[nn.Module, Config]:
     """Build model ``variant`` and load the authors' released checkpoint file into it through its name map."""
     return official_model(read_checkpoint_file(path), path, config, variant)
 

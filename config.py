@@ -44,17 +44,22 @@ class Config:
     siga: SigaLossSettings = field(default_factory=SigaLossSettings)  # the SIGA loss constants (SPEC §4)
     freeze_tps: bool = False  # TPS excluded from training (set by --tps_from, the paper's two-stage recipe)
     freeze_tps_bn: bool = False  # keep the (frozen) TPS's BatchNorm statistics fixed in training (SPEC §7 #7)
-    # optimisation (SPEC §5.2)
+    # optimisation (SPEC §5.2; SIGA_S: SPEC_SIGA_S §5.2)
     batch_size: int = 320  # per process; the paper's global batch is 2 × 320
     num_iter: int = 160000
+    optimizer: str = "adam"  # "adam" or "adamw"
     lr: float = 4.5e-4
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
-    div_factor: float = 20.0
-    final_div_factor: float = 1000.0
-    pct_start: float = 0.3
-    grad_clip: float = 5.0
+    weight_decay: float = 0.0  # AdamW only
+    schedule: str = "one_cycle"  # "one_cycle" or "warmup_cosine"
+    div_factor: float = 20.0  # one_cycle
+    final_div_factor: float = 1000.0  # one_cycle
+    pct_start: float = 0.3  # one_cycle
+    warmup_fraction: float = 0.2  # warmup_cosine: linear warm-up over this share of num_iter
+    min_lr: float = 1e-7  # warmup_cosine: the cosine's floor
+    grad_clip: float | None = 5.0  # gradient-norm clipping; None: no clipping
     seed: int = 111
     # data
     augment: bool = True
@@ -104,10 +109,16 @@ SIGA_S_GLYPH_CLASS_WEIGHTS = (1.000, 1.000, 1.013, 1.058, 1.323, 1.564, 1.831, 2
                               2.859, 2.859, 2.210, 1.831, 1.564, 1.323, 1.058, 1.013, 1.000, 1.000, 1.000, 1.000,
                               1.000, 1.000, 1.000)
 
-#: what a model changes in every preset (applied first): SIGA_S's input size and loss constants
-#: (SPEC_SIGA_S §1.3, §4: ψ σ(85(a − 0.08)), λ 0.1 throughout, class-weighted glyph CE, the input mask in L_seg)
+#: what a model changes in every preset (applied first): SIGA_S's input size, recipe (SPEC_SIGA_S §5: AdamW, 2 of
+#: 10 epochs linear warm-up then cosine to 1e-7, no clipping) and loss constants (§4: ψ σ(85(a − 0.08)), λ 0.1
+#: throughout, class-weighted glyph CE, the input mask in L_seg)
+SVTR_RECIPE: dict[str, Any] = dict(
+    img_h=48, img_w=160, batch_size=288, num_iter=552_000,  # 10 epochs of MJ+ST at batch 288
+    optimizer="adamw", lr=5e-4, beta2=0.99, eps=8e-8, weight_decay=0.05, schedule="warmup_cosine",
+    warmup_fraction=0.2, min_lr=1e-7, grad_clip=None)
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "SIGA_S": dict(img_h=48, img_w=160,
+    "TSBA": SVTR_RECIPE,
+    "SIGA_S": dict(**SVTR_RECIPE,
                    siga=dict(sharpen_slope=85.0, sharpen_offset=0.08, align_weight_early=0.1, align_weight_late=0.1,
                              glyph_class_weights=SIGA_S_GLYPH_CLASS_WEIGHTS, warped_mask_target=False)),
 }
@@ -132,13 +143,27 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: SVTR at reduced sizes for the SVTR models' demo and tiny presets (head width 32 as SVTR-L's, applied after
+#: the preset, before explicit overrides)
+SVTR_PRESETS: dict[str, dict[str, Any]] = {
+    "demo": dict(svtr_dims=(64, 96, 128), svtr_depths=(1, 2, 2), svtr_heads=(2, 3, 4), svtr_local_blocks=3,
+                 svtr_out_channels=128),
+    "tiny": dict(svtr_dims=(32, 32, 64), svtr_depths=(1, 1, 1), svtr_heads=(1, 1, 2), svtr_local_blocks=2,
+                 svtr_out_channels=32),
+}
+MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    (model, preset): values for model in ("TSBA", "SIGA_S") for preset, values in SVTR_PRESETS.items()}
+
+
 def make_config(preset: str = "paper", **overrides: Any) -> Config:
-    """A Config from the model's defaults, a named preset and explicit overrides, in that order (``None``
-    values are ignored); ``siga`` entries are dicts of SigaLossSettings fields, merged in the same order."""
+    """A Config from the model's defaults, a named preset, the model's version of that preset and explicit
+    overrides, in that order (``None`` values are ignored); ``siga`` entries are dicts of SigaLossSettings
+    fields, merged in the same order."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     model = overrides.get("model") or PRESETS[preset].get("model") or Config.model
-    layers = [MODEL_DEFAULTS.get(model, {}), PRESETS[preset], {k: v for k, v in overrides.items() if v is not None}]
+    layers = [MODEL_DEFAULTS.get(model, {}), PRESETS[preset], MODEL_PRESETS.get((model, preset), {}),
+              {k: v for k, v in overrides.items() if v is not None}]
     values = {key: value for layer in layers for key, value in layer.items() if key != "siga"}
     siga = {key: value for layer in layers for key, value in (layer.get("siga") or {}).items()}
     return Config(**values, siga=SigaLossSettings(**siga))

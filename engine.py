@@ -30,7 +30,7 @@ from model import build_model
 from modules.losses import LossResult, training_loss
 from modules.outputs import to_float32
 from modules.sync_batchnorm import convert_sync_batchnorm
-from optimization import build_optimizer, one_cycle_scheduler
+from optimization import build_optimizer, build_scheduler
 from tokenizer import Tokenizer
 from utils import (AMP_DTYPES, autocast, capture_rng_state, configure_determinism, restore_rng_state,
                    seed_everything, use_channels_last)
@@ -187,7 +187,7 @@ class Trainer:
         self.model, self.config, self.tokenizer, self.env, self.amp_dtype = model, config, tokenizer, env, amp_dtype
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.trainable, config)
-        self.scheduler = one_cycle_scheduler(self.optimizer, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
         self.forward = wrap_ddp(model, env, sync_bn) if env.is_distributed else model
         self.run_dir, self.keep_last = run_dir, keep_last
@@ -216,8 +216,9 @@ class Trainer:
                              self.config.num_steps, recognition_weight, masks)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss.total).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
+        if self.config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

@@ -86,26 +86,6 @@ def resnet45(config: Config) -> ResNet45:
     return ResNet45(3, config.backbone_channels, config.backbone_blocks)
 
 
-def build_trba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
-    """TPS + ResNet-45 + BiLSTM×2 + attention decoder."""
-    backbone = resnet45(config)
-    hidden = config.hidden_size
-    decoder = AttentionDecoder(hidden, hidden, tokenizer.num_classes, config.num_steps, tokenizer.sos_id,
-                               tokenizer.eos_id)
-    return AttentionRecognizer(tps(config), backbone, bilstm_stack(backbone.out_channels, hidden), decoder)
-
-
-def build_siga_r(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecognizer:
-    """TRBA's TPS and ResNet-45 with the glyph attention network on F0/F1/F2 and the SIGA heads (SPEC §3)."""
-    backbone = resnet45(config)
-    hidden = config.hidden_size
-    glyph = GlyphAttentionNetwork(backbone.feature_channels, config.max_label_length + 2, config.glyph_channels,
-                                  hidden)
-    siga = SigaHeads(backbone.out_channels, hidden, 2 * hidden, tokenizer.num_classes, config.num_steps,
-                     tokenizer.sos_id, tokenizer.eos_id, config.dropout)
-    return GlyphAttentionRecognizer(tps(config), backbone, glyph, siga)
-
-
 def svtr(config: Config) -> SVTRLarge:
     total = sum(config.svtr_depths)
     mixers = ("Local",) * config.svtr_local_blocks + ("Global",) * (total - config.svtr_local_blocks)
@@ -114,21 +94,49 @@ def svtr(config: Config) -> SVTRLarge:
                      drop_path_rate=config.drop_path_rate, out_channels=config.svtr_out_channels)
 
 
-def build_siga_s(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecognizer:
-    """TPS + SVTR-Large with SIGA_S's glyph attention network on F0/F1/F2 and the SIGA heads, whose final
-    width is SVTR's output width (SPEC_SIGA_S §3). Not in MODELS yet: its losses and recipe (SPEC_SIGA_S
-    §4–§5) are still SIGA_R's here."""
-    backbone = svtr(config)
+def attention_recognizer(config: Config, tokenizer: Tokenizer, backbone: nn.Module) -> AttentionRecognizer:
+    """TPS + ``backbone`` + BiLSTM×2 + attention decoder."""
     hidden = config.hidden_size
-    glyph = SvtrGlyphAttentionNetwork(backbone.feature_channels, config.max_label_length + 2, config.glyph_channels,
-                                      hidden)
-    siga = SigaHeads(backbone.out_channels, hidden, config.svtr_out_channels, tokenizer.num_classes,
-                     config.num_steps, tokenizer.sos_id, tokenizer.eos_id, config.dropout)
+    decoder = AttentionDecoder(hidden, hidden, tokenizer.num_classes, config.num_steps, tokenizer.sos_id,
+                               tokenizer.eos_id)
+    return AttentionRecognizer(tps(config), backbone, bilstm_stack(backbone.out_channels, hidden), decoder)
+
+
+def glyph_recognizer(config: Config, tokenizer: Tokenizer, backbone: nn.Module, glyph_network: type[nn.Module],
+                     final_size: int) -> GlyphAttentionRecognizer:
+    """TPS + ``backbone`` + a glyph attention network of type ``glyph_network`` on the backbone's levels + the
+    SIGA heads with a ``final_size``-wide final generator."""
+    hidden = config.hidden_size
+    glyph = glyph_network(backbone.feature_channels, config.max_label_length + 2, config.glyph_channels, hidden)
+    siga = SigaHeads(backbone.out_channels, hidden, final_size, tokenizer.num_classes, config.num_steps,
+                     tokenizer.sos_id, tokenizer.eos_id, config.dropout)
     return GlyphAttentionRecognizer(tps(config), backbone, glyph, siga)
 
 
+def build_trba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
+    """TPS + ResNet-45 + BiLSTM×2 + attention decoder (SIGA_R's baseline)."""
+    return attention_recognizer(config, tokenizer, resnet45(config))
+
+
+def build_siga_r(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecognizer:
+    """TRBA's TPS and ResNet-45 with the glyph attention network on F0/F1/F2 and the SIGA heads (SPEC §3)."""
+    return glyph_recognizer(config, tokenizer, resnet45(config), GlyphAttentionNetwork, 2 * config.hidden_size)
+
+
+def build_tsba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
+    """TPS + SVTR-Large + BiLSTM×2 + attention decoder: SIGA_S without its glyph part (its baseline)."""
+    return attention_recognizer(config, tokenizer, svtr(config))
+
+
+def build_siga_s(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecognizer:
+    """TPS + SVTR-Large with SIGA_S's glyph attention network (the extra unpooling stage) and the SIGA heads,
+    whose final width is SVTR's output width (SPEC_SIGA_S §3)."""
+    return glyph_recognizer(config, tokenizer, svtr(config), SvtrGlyphAttentionNetwork, config.svtr_out_channels)
+
+
 #: model name → builder; a model is fully described by (config, tokenizer)
-MODELS: dict[str, Callable[[Config, Tokenizer], nn.Module]] = {"TRBA": build_trba, "SIGA_R": build_siga_r}
+MODELS: dict[str, Callable[[Config, Tokenizer], nn.Module]] = {"TRBA": build_trba, "SIGA_R": build_siga_r,
+                                                               "TSBA": build_tsba, "SIGA_S": build_siga_s}
 
 
 def init_weights(model: nn.Module) -> None:

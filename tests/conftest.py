@@ -100,7 +100,7 @@ def write_tiny_checkpoint(path: Path, model_name: str = "TRBA", seed: int = 0) -
     from checkpoint import atomic_save, training_state
     from config import make_config
     from model import build_model
-    from optimization import build_optimizer, one_cycle_scheduler
+    from optimization import build_optimizer, build_scheduler
     from tokenizer import Tokenizer
 
     torch.manual_seed(seed)
@@ -112,7 +112,7 @@ def write_tiny_checkpoint(path: Path, model_name: str = "TRBA", seed: int = 0) -
         generator.weight.mul_(10.0)
         generator.bias[tokenizer.eos_id] += 1.0
     optimizer = build_optimizer(model.parameters(), config)
-    scheduler = one_cycle_scheduler(optimizer, config)
+    scheduler = build_scheduler(optimizer, config)
     atomic_save(training_state(model, config, tokenizer, optimizer=optimizer.state_dict(),
                                scheduler=scheduler.state_dict(), iteration=0, best_accuracy=-1.0), path)
     return model.eval(), tokenizer, config

@@ -12,7 +12,7 @@ from config import make_config
 from dataset import Collate, Sample
 from model import build_model
 from modules.losses import recognition_loss
-from optimization import build_optimizer, one_cycle_scheduler
+from optimization import build_optimizer, build_scheduler
 from tokenizer import Tokenizer
 from utils import seed_everything
 
@@ -35,7 +35,7 @@ def memorise(model: torch.nn.Module, batch, tokenizer: Tokenizer, config, loss_f
     ids, lengths = tokenizer.encode(batch.labels)
     ids = ids[:, : int(lengths.max()) + 1]
     optimizer = build_optimizer(model.parameters(), config)
-    scheduler = one_cycle_scheduler(optimizer, config)
+    scheduler = build_scheduler(optimizer, config)
     accuracy, predictions = 0.0, []
     for step in range(config.num_iter):
         model.train()

@@ -153,3 +153,28 @@ def test_train_mode_fiducials_float64(golden_model, io_data):
     with torch.no_grad():
         fiducials = model.transformation.localization(io_data["inputs"]["images"].double())
     assert relative_error(fiducials, io_data["train_f64"]["C_prime"]) <= 1e-8
+
+
+def test_official_checkpoint_file_loads_in_test_and_demo(tmp_path, io_data):
+    """The released format ({'net': DataParallel state_dict with the loss buffer, ...}) is recognised as
+    SIGA_S by its keys and read by demo.py with no other input."""
+    from PIL import Image
+
+    from checkpoint import atomic_save, load_model
+    from conftest import run_entry_point
+    from model import GlyphAttentionRecognizer
+
+    state = dict(official_rule_state_dict("SIGA_S"))
+    state["module." + CONSTANTS[0]] = torch.ones(27)
+    path = tmp_path / "SIGA_S.pth"
+    atomic_save({"net": state, "optimizer": {}, "iteration": 20000}, path)
+    model, tokenizer, config = load_model(path)
+    assert isinstance(model, GlyphAttentionRecognizer) and config.model == "SIGA_S"
+    assert config.image_size == (48, 160) and tokenizer.charset == CHARSET_36 and not model.training
+    image = tmp_path / "word.png"
+    Image.fromarray(io_data["inputs"]["images_uint8"][0].permute(1, 2, 0).numpy()).save(image)
+    code, out, err = run_entry_point("demo.py", "--checkpoint", path, "--images", image, "--device", "cpu")
+    assert code == 0, err
+    text, official = out.split("\t")[1], io_data["eval_f64"]["decoded"][0]
+    # no EOS within 26 steps: the official decoder drops the 26th character, ours keeps it (README differences)
+    assert len(text) == 26 and text[:25] == official
