@@ -1,7 +1,8 @@
-"""Measure training and inference speed, memory and FLOPs of TRBA and SIGA_R, as numbers and as ratios.
+"""Measure training and inference speed, memory and FLOPs of the models, as numbers and as ratios.
 
 Everything is timed in one process with warm-up and medians of several repeats, the models interleaved
-repeat by repeat, so ratios between models (``--compare``: SIGA_R time over TRBA time) and against the
+repeat by repeat, so ratios between models (``--compare``: SIGA_R time over TRBA time; ``--compare S``:
+SIGA_S over TSBA; ``--compare all``: both) and against the
 machine's own large-matmul rate are comparable within one run; peak memory comes from a fresh process per
 model and phase. ``--data`` adds the training data loader's throughput on the demo data.
 """
@@ -14,16 +15,20 @@ from pathlib import Path
 
 import torch
 
-from benchmarking import DTYPES, bench_agreement, bench_loader, bench_setting, compare, matmul_gflops
+from benchmarking import BASELINES, DTYPES, bench_agreement, bench_loader, bench_setting, compare, matmul_gflops
+from model import MODELS
 from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
 DEMO_ROOT = Path("data/synth_demo")
+COMPARISONS = {"R": ["TRBA", "SIGA_R"], "S": ["TSBA", "SIGA_S"], "all": ["TRBA", "SIGA_R", "TSBA", "SIGA_S"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["TRBA", "SIGA_R"], choices=["TRBA", "SIGA_R"])
-    parser.add_argument("--compare", action="store_true", help="TRBA and SIGA_R, with SIGA_R/TRBA time ratios")
+    parser.add_argument("--models", nargs="+", default=["TRBA", "SIGA_R"], choices=sorted(MODELS))
+    parser.add_argument("--compare", nargs="?", const="R", choices=sorted(COMPARISONS),
+                        help="a SIGA model and its baseline with their time ratios: R (SIGA_R/TRBA, the default), "
+                             "S (SIGA_S/TSBA) or all")
     parser.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"], help="model size")
@@ -47,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.agreement and not args.eval_data:
         parser.error("--agreement needs --eval_data")
     if args.compare:
-        args.models = ["TRBA", "SIGA_R"]
+        args.models = COMPARISONS[args.compare]
     if args.device is None:
         args.device = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.decode_steps is None:
@@ -97,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"matmul reference {key}: {value:.1f} GFLOP/s")
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "preset": args.preset,
               "results": results, "matmul_gflops": reference}
-    if len(args.models) == 2:
-        report["ratios_by_setting"] = compare(results)
-        first = f"{args.device[0]}/{args.dtypes[0]}"
-        if first in report["ratios_by_setting"]:
-            report["ratios"] = report["ratios_by_setting"][first]
-            print("SIGA_R / TRBA time (" + first + "): "
-                  + ", ".join(f"{k} {v:.2f}×" for k, v in report["ratios"].items()))
+    first = f"{args.device[0]}/{args.dtypes[0]}"
+    report["ratios"] = {model: compare(results, model) for model, base in BASELINES.items()
+                        if {model, base} <= set(args.models)}
+    for model, by_setting in report["ratios"].items():
+        if first in by_setting:
+            print(f"{model} / {BASELINES[model]} time ({first}): "
+                  + ", ".join(f"{k} {v:.2f}×" for k, v in by_setting[first].items()))
     if args.data:
         # imported here: the memory probes' spawned processes re-import this file, and the generator's
         # imports (matplotlib) would count in their peak memory

@@ -229,13 +229,17 @@ def bench_agreement(args: argparse.Namespace) -> dict:
             "accuracy_fp32": full.accuracy, "accuracy_bf16": half.accuracy}
 
 
-def compare(results: list[dict]) -> dict:
-    """SIGA_R time over TRBA time for each device and precision present for both."""
+#: each SIGA model and the glyph-free baseline it is compared with
+BASELINES = {"SIGA_R": "TRBA", "SIGA_S": "TSBA"}
+
+
+def compare(results: list[dict], model: str = "SIGA_R") -> dict:
+    """``model``'s time over its baseline's (BASELINES) for each device and precision present for both."""
     ratios = {}
     for row in results:
-        if row["model"] != "SIGA_R":
+        if row["model"] != model:
             continue
-        base = next((r for r in results if r["model"] == "TRBA" and r["device"] == row["device"]
+        base = next((r for r in results if r["model"] == BASELINES[model] and r["device"] == row["device"]
                      and r["dtype"] == row["dtype"]), None)
         if base is not None:
             ratios[f"{row['device']}/{row['dtype']}"] = {

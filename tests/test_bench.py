@@ -31,7 +31,8 @@ def test_bench_compare_smoke_run_writes_results_and_ratios(tmp_path):
     for row in report["results"]:
         assert row["train_images_per_second"] > 0 and row["infer_images_per_second"] > 0 and row["latency_ms"] > 0
         assert row["infer_gflops_per_image"] > 0 and row["infer_achieved_gflops"] > 0
-    assert set(report["ratios"]) == {"train", "infer", "latency"} and all(v > 0 for v in report["ratios"].values())
+    ratios = report["ratios"]["SIGA_R"]["cpu/fp32"]
+    assert set(ratios) == {"train", "infer", "latency"} and all(v > 0 for v in ratios.values())
     assert report["matmul_gflops"]["cpu/fp32"] > 0
     assert "SIGA_R / TRBA time (cpu/fp32)" in result.stdout
 
@@ -51,6 +52,8 @@ def test_compare_gives_siga_over_trba_time():
             {"model": "SIGA_R", "device": "cpu", "dtype": "fp32", "train_images_per_second": 80.0,
              "infer_images_per_second": 200.0, "latency_ms": 12.0}]
     assert compare(rows) == {"cpu/fp32": {"train": 1.25, "infer": 2.0, "latency": 1.2}}
+    svtr_rows = [dict(row, model={"TRBA": "TSBA", "SIGA_R": "SIGA_S"}[row["model"]]) for row in rows]
+    assert compare(rows, "SIGA_S") == {} and compare(svtr_rows, "SIGA_S") == compare(rows)
 
 
 def test_agreement_counts_identical_fp32_and_bf16_predictions(tmp_path):
@@ -97,3 +100,17 @@ def test_agreement_needs_eval_data():
     code, _, err = run_entry_point("bench.py", "--agreement", "model.pth")
     assert code == 2
     assert "--agreement needs --eval_data" in err
+
+
+def test_bench_compare_s_smoke_run(tmp_path):
+    """``--compare S``: TSBA and SIGA_S at their 48×160 input, with SIGA_S/TSBA ratios."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--compare", "S", "--preset", "tiny", "--device",
+                             "cpu", "--dtypes", "fp32", "--repeats", "1", "--warmup", "1", "--batch_size", "2",
+                             "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["model"] for r in report["results"]] == ["TSBA", "SIGA_S"]
+    assert set(report["ratios"]) == {"SIGA_S"} and all(v > 0 for v in report["ratios"]["SIGA_S"]["cpu/fp32"].values())
+    assert all(r["infer_gflops_per_image"] > 0 for r in report["results"])
+    assert "SIGA_S / TSBA time (cpu/fp32)" in result.stdout

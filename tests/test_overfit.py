@@ -42,7 +42,8 @@ def memorise(model: torch.nn.Module, batch, tokenizer: Tokenizer, config, loss_f
         loss = loss_fn(model, ids, lengths, step)
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
         if step % 50 == 49:

@@ -110,3 +110,40 @@ def test_siga_r_train_test_demo_and_tps_from(data, tmp_path):
                            "--images", str(image), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "word.png" in demo.stdout
+
+
+def test_siga_s_two_stage_train_resume_test_demo(data, tmp_path):
+    """SIGA_S end to end at the tiny SVTR preset: TSBA first, then SIGA_S with TSBA's TPS frozen (the recipe's
+    two stages), its AdamW/warm-up-cosine schedule, resumption from a snapshot, then test.py and demo.py."""
+    tsba = run_train(*common_args(data, tmp_path), "--model", "TSBA", "--num_iter", "2", "--valid_interval", "2",
+                     "--exp_name", "tsba", cwd=tmp_path)
+    assert tsba.returncode == 0, tsba.stderr[-3000:]
+    siga = run_train(*common_args(data, tmp_path), "--model", "SIGA_S", "--mask_root", str(data / "masks"),
+                     "--num_iter", "4", "--valid_interval", "4", "--save_interval", "2", "--exp_name", "siga_s",
+                     "--tps_from", str(tmp_path / "tsba" / "last.pth"), cwd=tmp_path)
+    assert siga.returncode == 0, siga.stderr[-3000:]
+    last = load_checkpoint(tmp_path / "siga_s" / "last.pth")
+    config = last["config"]
+    assert (config["model"], config["img_h"], config["img_w"], config["optimizer"]) == ("SIGA_S", 48, 160, "adamw")
+    assert config["siga"]["sharpen_slope"] == 85.0 and not config["siga"]["warped_mask_target"]
+    tsba_tps = load_checkpoint(tmp_path / "tsba" / "last.pth")["model"]
+    parameters = [k for k in tsba_tps if k.startswith("transformation.localization.") and "running" not in k
+                  and "num_batches" not in k]  # frozen weights; the BN statistics still follow the batches (§7 #7)
+    assert len(parameters) == 16 and all(torch.equal(tsba_tps[k], last["model"][k]) for k in parameters)
+
+    resumed = run_train("--resume", str(tmp_path / "siga_s" / "iter_2.pth"), *common_args(data, tmp_path),
+                        "--exp_name", "siga_s_resumed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = load_checkpoint(tmp_path / "siga_s_resumed" / "last.pth")
+    assert after["iteration"] == 4 and after["scheduler"]["last_epoch"] == last["scheduler"]["last_epoch"] == 4
+
+    checkpoint = tmp_path / "siga_s" / "last.pth"
+    tested = subprocess.run([sys.executable, str(ROOT / "test.py"), "--checkpoint", str(checkpoint), "--eval_data",
+                             str(data / "val"), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert tested.returncode == 0 and "SIGA_S" in tested.stdout, tested.stderr[-3000:]
+    image = tmp_path / "word.png"
+    Image.new("RGB", (100, 32), (230, 230, 230)).save(image)
+    demo = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--checkpoint", str(checkpoint), "--images",
+                           str(image), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0 and "word.png" in demo.stdout, demo.stderr[-3000:]

@@ -119,3 +119,14 @@ def test_unique_output_names(tmp_path):
     used: set[str] = set()
     names = [unique_output(tmp_path, stem, used).name for stem in ["word", "word", "other", "word"]]
     assert names == ["word.png", "word_2.png", "other.png", "word_3.png"]
+
+
+def test_analyse_shapes_of_siga_s(files, tmp_path, single_thread):
+    """SIGA_S: 48×160 input, 40 attention positions, low glyph maps on SVTR's 12×40 grid."""
+    model, tokenizer, config = load_model(save_tiny(tmp_path / "siga_s.pth", "SIGA_S"), "cpu")
+    view = analyse(model, tokenizer, config, load_image(files.images[0]), "hello", config.siga, 0, torch.device("cpu"))
+    assert (config.img_h, config.img_w) == (48, 160)
+    assert view.input_rgb.shape == view.rectified_rgb.shape == (48, 160, 3)
+    assert view.attention.shape == (len("hello") + 1, 40)
+    assert view.pseudo_labels.shape == view.glyph_argmax.shape == (12, 40)
+    assert view.glyph_probs.shape == (len("hello"), 12, 40)
