@@ -41,7 +41,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and optimisation")
-    model.add_argument("--model", choices=sorted(MODELS), help="architecture (default TRBA)")
+    model.add_argument("--model", choices=sorted(MODELS),
+                       help="architecture (default TRBA); SIGA_S and TSBA bring their own recipe (README)")
     model.add_argument("--tps_from", help="load the TPS of a TRBA/SIGA_R checkpoint of this repo and freeze it "
                                           "(the paper's two-stage recipe); without it the TPS trains jointly")
     model.add_argument("--freeze_tps_bn", action="store_true", default=None,
