@@ -193,9 +193,10 @@ def recognize(model: torch.nn.Module, tokenizer: Tokenizer, config: Config, imag
               amp_dtype: torch.dtype | None = None) -> list[Recognition]:
     """Greedy predictions for PIL images, in batches of ``batch_size``, with the model in eval mode."""
     results: list[Recognition] = []
+    batch_size = max(batch_size, 1)
     with evaluation_mode(model):
-        for start in range(0, len(images), max(batch_size, 1)):
-            batch = preprocess(images[start : start + max(batch_size, 1)], config)
+        for start in range(0, len(images), batch_size):
+            batch = preprocess(images[start : start + batch_size], config)
             texts, confidences = predict(model, batch, tokenizer, device, amp_dtype)
             results.extend(Recognition(text, confidence) for text, confidence in zip(texts, confidences))
     return results

@@ -145,3 +145,36 @@ def assert_rule_matches_checksums(parameters: dict[str, torch.Tensor], checksums
         assert value.abs().sum().item() == pytest.approx(expected["sum_abs"], rel=1e-9), key
         assert value.flatten()[:3].tolist() == pytest.approx(expected["first"], rel=1e-7), key
         assert value.flatten()[-1].item() == pytest.approx(expected["last"], rel=1e-7), key
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |a − b| / max |b|: the golden READMEs' relative error."""
+    return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max())
+
+
+def assert_close(actual, expected, rtol: float, name: str) -> None:
+    """|a − b| ≤ rtol · max|b| for tensors or numbers of the same shape, naming ``name`` when not."""
+    actual = torch.as_tensor(actual, dtype=torch.float64)
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    assert actual.shape == expected.shape, name
+    error = (actual - expected).abs().max().item()
+    assert error <= rtol * expected.abs().max().item(), f"{name}: max abs error {error:.3e} vs max {expected.abs().max():.3e}"
+
+
+def golden_rows(golden: dict, rows: list[int], dtype: torch.dtype) -> dict:
+    """Rows ``rows`` of a ``losses.pt`` file's inputs, floating tensors in ``dtype``."""
+    return {k: v[rows].to(dtype) if v.is_floating_point() else v[rows] for k, v in golden["inputs"].items()}
+
+
+def assert_terms_match(terms, per_sample: torch.Tensor, expected: dict, rtol: float) -> None:
+    """The iteration-independent SIGA loss terms (``modules.losses.SigaLossTerms``) and L_seg's per-sample
+    means against a ``losses.pt`` batch entry, by its key names."""
+    actual = {
+        "L_seg_per_sample_mean": per_sample, "coverage_S": terms.align.coverage,
+        "L_align": terms.align.total, "L_align_CE": terms.align.cross_entropy,
+        "L_align_orth": terms.align.orthogonality,
+        "L_low": terms.low.total, "L_low_CE": terms.low.cross_entropy, "L_low_Dice": terms.low.dice,
+        "L_mid": terms.mid.total, "L_mid_CE": terms.mid.cross_entropy, "L_mid_Dice": terms.mid.dice,
+    }
+    for name, value in actual.items():
+        assert_close(value, expected[name], rtol, name)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from golden import load_golden
+from golden import assert_close, assert_terms_match, golden_rows, load_golden
 from modules.losses import (SigaLossSettings, alignment_loss, alignment_weight, glyph_loss, glyph_pseudo_labels,
                             predicted_foreground, segmentation_loss, siga_loss_terms)
 
@@ -26,21 +26,8 @@ def io_golden() -> dict:
     return load_golden("io.pt")
 
 
-def _batch(golden: dict, rows: list[int], dtype: torch.dtype) -> dict:
-    return {k: v[rows].to(dtype) if v.is_floating_point() else v[rows] for k, v in golden["inputs"].items()}
-
-
 def _terms(x: dict, iteration: int):
     return siga_loss_terms(x["warped_mask"], x["seg_logits"], x["A"], x["G_low"], x["G_mid"], x["length"], iteration)
-
-
-def _assert_close(actual, expected, rtol: float, name: str) -> None:
-    """|a − b| ≤ rtol · max|b| (the golden README's relative error)."""
-    actual = torch.as_tensor(actual, dtype=torch.float64)
-    expected = torch.as_tensor(expected, dtype=torch.float64)
-    assert actual.shape == expected.shape, name
-    error = (actual - expected).abs().max().item()
-    assert error <= rtol * expected.abs().max().item(), f"{name}: max abs error {error:.3e} vs max {expected.abs().max():.3e}"
 
 
 # ----------------------------------------------------------------------------------------------- golden
@@ -51,22 +38,14 @@ def _assert_close(actual, expected, rtol: float, name: str) -> None:
 def test_terms_match_golden(losses_golden, batch, precision):
     golden = losses_golden[batch]
     expected, rtol = golden[precision], RTOL[precision]
-    x = _batch(losses_golden, golden["rows"], DTYPES[precision])
+    x = golden_rows(losses_golden, golden["rows"], DTYPES[precision])
     early, late = _terms(x, 100), _terms(x, 30000)
     _, per_sample = segmentation_loss(x["seg_logits"], x["warped_mask"], 100)
     assert early.total.dtype == DTYPES[precision] and early.align.coverage.dtype == DTYPES[precision]
-    actual = {
-        "L_seg_per_sample_mean": per_sample,
-        "L_align": early.align.total, "L_align_CE": early.align.cross_entropy,
-        "L_align_orth": early.align.orthogonality, "coverage_S": early.align.coverage,
-        "L_low": early.low.total, "L_low_CE": early.low.cross_entropy, "L_low_Dice": early.low.dice,
-        "L_mid": early.mid.total, "L_mid_CE": early.mid.cross_entropy, "L_mid_Dice": early.mid.dice,
-    }
-    for name, value in actual.items():
-        _assert_close(value, expected[name], rtol, name)
+    assert_terms_match(early, per_sample, expected, rtol)
     for it, terms in (("100", early), ("30000", late)):
-        _assert_close(terms.seg, expected["L_seg"][it], rtol, f"L_seg@{it}")
-        _assert_close(terms.total, expected["SIGA_total"][it], rtol, f"SIGA_total@{it}")
+        assert_close(terms.seg, expected["L_seg"][it], rtol, f"L_seg@{it}")
+        assert_close(terms.total, expected["SIGA_total"][it], rtol, f"SIGA_total@{it}")
         assert terms.align_weight == expected["lambda_align"][it]
     # The hard sample (row 1, m_b = 1.283) is left out after 20k iterations, so L_seg changes.
     assert abs(late.seg.item() - early.seg.item()) > 0.1
@@ -77,7 +56,7 @@ def test_terms_match_golden(losses_golden, batch, precision):
 def test_binary_maps_match_golden_exactly(losses_golden, batch, precision):
     golden = losses_golden[batch]
     expected = golden["f32"]  # the binary maps are the same in float64
-    x = _batch(losses_golden, golden["rows"], DTYPES[precision])
+    x = golden_rows(losses_golden, golden["rows"], DTYPES[precision])
     foreground = predicted_foreground(x["seg_logits"], DEFAULTS.foreground_threshold)
     assert torch.equal(foreground.to(torch.uint8), expected["pred_fg"])
     for scale, size in (("low", (16, 64)), ("mid", (8, 32))):
@@ -90,11 +69,11 @@ def test_binary_maps_match_golden_exactly(losses_golden, batch, precision):
 def test_all_hard_samples_fall_back_to_zero(losses_golden):
     """SPEC bug #12: the official L_seg is NaN when every m_b ≥ 1 after 20k iterations; ours is a 0 in the graph."""
     golden = losses_golden["seg_all_hard"]
-    x = _batch(losses_golden, golden["rows"], torch.float32)
+    x = golden_rows(losses_golden, golden["rows"], torch.float32)
     assert math.isnan(golden["L_seg"]["30000"])
     logits = x["seg_logits"].requires_grad_()
     early, _ = segmentation_loss(logits, x["warped_mask"], 100)
-    _assert_close(early, golden["L_seg"]["100"], RTOL["f32"], "L_seg@100")
+    assert_close(early, golden["L_seg"]["100"], RTOL["f32"], "L_seg@100")
     late, per_sample = segmentation_loss(logits, x["warped_mask"], 30000)
     assert (per_sample >= DEFAULTS.hard_sample_threshold).all()
     assert late.item() == 0.0 and late.requires_grad
@@ -111,29 +90,29 @@ def test_network_outputs_match_golden_losses(io_golden, precision, iteration):
     terms = siga_loss_terms(train["warped_mask"], train["Z_seg"], train["A"], train["G_low"], train["G_mid"],
                             io_golden["inputs"]["length"], iteration)
     rtol = RTOL[precision]
-    _assert_close(terms.seg, expected["L_seg"], rtol, "L_seg")
-    _assert_close(terms.align.total, expected["L_align"], rtol, "L_align")
-    _assert_close(terms.low.total, expected["L_low"], rtol, "L_low")
-    _assert_close(terms.mid.total, expected["L_mid"], rtol, "L_mid")
+    assert_close(terms.seg, expected["L_seg"], rtol, "L_seg")
+    assert_close(terms.align.total, expected["L_align"], rtol, "L_align")
+    assert_close(terms.low.total, expected["L_low"], rtol, "L_low")
+    assert_close(terms.mid.total, expected["L_mid"], rtol, "L_mid")
     assert terms.align_weight == expected["lambda_align"]
 
 
 def test_single_samples_recombine_to_the_batch(losses_golden):
     """B = 1 works (squeeze(1), bug #14), and no term mixes samples: the pixel/sample means of the rows
     average to the batch value, the orthogonality term sums (bug #10)."""
-    x = _batch(losses_golden, [0, 1, 2, 3], torch.float64)
+    x = golden_rows(losses_golden, [0, 1, 2, 3], torch.float64)
     batch = _terms(x, 100)
     singles = [_terms({k: v[b:b + 1] for k, v in x.items()}, 100) for b in range(4)]
     assert singles[0].align.coverage.shape == (1, 32, 128)
     stack = lambda get: torch.stack([get(t) for t in singles])
-    _assert_close(stack(lambda t: t.seg).mean(), batch.seg, 1e-12, "seg")
-    _assert_close(stack(lambda t: t.align.cross_entropy).mean(), batch.align.cross_entropy, 1e-12, "align CE")
-    _assert_close(stack(lambda t: t.align.orthogonality).sum(), batch.align.orthogonality, 1e-12, "orth")
-    _assert_close(torch.cat([t.align.coverage for t in singles]), batch.align.coverage, 1e-12, "coverage")
+    assert_close(stack(lambda t: t.seg).mean(), batch.seg, 1e-12, "seg")
+    assert_close(stack(lambda t: t.align.cross_entropy).mean(), batch.align.cross_entropy, 1e-12, "align CE")
+    assert_close(stack(lambda t: t.align.orthogonality).sum(), batch.align.orthogonality, 1e-12, "orth")
+    assert_close(torch.cat([t.align.coverage for t in singles]), batch.align.coverage, 1e-12, "coverage")
     for scale in ("low", "mid"):
         for term in ("cross_entropy", "dice"):
             mean = stack(lambda t: getattr(getattr(t, scale), term)).mean()
-            _assert_close(mean, getattr(getattr(batch, scale), term), 1e-12, f"{scale} {term}")
+            assert_close(mean, getattr(getattr(batch, scale), term), 1e-12, f"{scale} {term}")
     assert singles[3].align.orthogonality.item() == 0.0 and singles[3].low.dice.item() == 0.0  # empty label
 
 
@@ -166,12 +145,12 @@ def test_segmentation_mask_threshold_is_strict_and_switch_uses_greater():
 
 
 def test_hard_sample_threshold_is_a_strict_setting(losses_golden):
-    x = _batch(losses_golden, [0, 1, 2], torch.float64)
+    x = golden_rows(losses_golden, [0, 1, 2], torch.float64)
     plain, per_sample = segmentation_loss(x["seg_logits"], x["warped_mask"], 100)
     lenient = SigaLossSettings(hard_sample_threshold=2.0)
-    _assert_close(segmentation_loss(x["seg_logits"], x["warped_mask"], 30000, lenient)[0], plain, 1e-12, "all kept")
+    assert_close(segmentation_loss(x["seg_logits"], x["warped_mask"], 30000, lenient)[0], plain, 1e-12, "all kept")
     strict = SigaLossSettings(hard_sample_threshold=per_sample[0].item())  # m_0 itself is not < m_0
-    _assert_close(segmentation_loss(x["seg_logits"], x["warped_mask"], 30000, strict)[0], per_sample[2], 1e-12, "m_2")
+    assert_close(segmentation_loss(x["seg_logits"], x["warped_mask"], 30000, strict)[0], per_sample[2], 1e-12, "m_2")
 
 
 def test_alignment_weight_switch():
@@ -238,7 +217,7 @@ def test_orthogonality_matches_pairwise_definition():
 
 
 def test_gradients_reach_attention_and_seg_logits(losses_golden):
-    x = _batch(losses_golden, [0, 1, 2], torch.float64)
+    x = golden_rows(losses_golden, [0, 1, 2], torch.float64)
     attention = x["A"].clone().requires_grad_()
     foreground = predicted_foreground(x["seg_logits"])
     alignment_loss(attention, foreground, x["length"]).total.backward()
@@ -251,7 +230,7 @@ def test_gradients_reach_attention_and_seg_logits(losses_golden):
 
 
 def test_pseudo_labels_and_foreground_carry_no_gradient(losses_golden):
-    x = _batch(losses_golden, [0, 1, 2], torch.float32)
+    x = golden_rows(losses_golden, [0, 1, 2], torch.float32)
     logits = x["seg_logits"].clone().requires_grad_()
     attention = x["A"].clone().requires_grad_()
     foreground = predicted_foreground(logits)
@@ -296,9 +275,9 @@ def test_empty_label_counts_in_the_dice_mean():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(losses_golden):
-    x = _batch(losses_golden, [0, 1, 2, 3], torch.float64)
+    x = golden_rows(losses_golden, [0, 1, 2, 3], torch.float64)
     cpu = _terms(x, 30000)
     gpu = _terms({k: v.cuda() for k, v in x.items()}, 30000)
     assert gpu.total.device.type == "cuda"
     for a, b in ((cpu.total, gpu.total), (cpu.align.coverage, gpu.align.coverage), (cpu.low.dice, gpu.low.dice)):
-        _assert_close(b.cpu(), a, 1e-10, "cuda")
+        assert_close(b.cpu(), a, 1e-10, "cuda")

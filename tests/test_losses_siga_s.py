@@ -10,7 +10,7 @@ import torch
 
 from checkpoint import convert_official_state_dict
 from config import make_config
-from golden import load_golden, official_rule_state_dict
+from golden import assert_close, assert_terms_match, golden_rows, load_golden, official_rule_state_dict
 from model import build_siga_s
 from modules.losses import glyph_pseudo_labels, predicted_foreground, segmentation_loss, siga_loss_terms, training_loss
 from tokenizer import Tokenizer
@@ -27,18 +27,6 @@ def losses_golden() -> dict:
     return load_golden("losses.pt", "SIGA_S")
 
 
-def _batch(golden: dict, rows: list[int], dtype: torch.dtype) -> dict:
-    return {k: v[rows].to(dtype) if v.is_floating_point() else v[rows] for k, v in golden["inputs"].items()}
-
-
-def _assert_close(actual, expected, rtol: float, name: str) -> None:
-    actual = torch.as_tensor(actual, dtype=torch.float64)
-    expected = torch.as_tensor(expected, dtype=torch.float64)
-    assert actual.shape == expected.shape, name
-    error = (actual - expected).abs().max().item()
-    assert error <= rtol * expected.abs().max().item(), f"{name}: max abs error {error:.3e}"
-
-
 def test_siga_s_constants():
     assert (SETTINGS.sharpen_slope, SETTINGS.sharpen_offset) == (85.0, 0.08)
     assert SETTINGS.align_weight_early == SETTINGS.align_weight_late == 0.1
@@ -51,22 +39,15 @@ def test_siga_s_constants():
 def test_terms_match_golden(losses_golden, batch, precision):
     golden = losses_golden[batch]
     expected, rtol = golden[precision], RTOL[precision]
-    x = _batch(losses_golden, golden["rows"], DTYPES[precision])
+    x = golden_rows(losses_golden, golden["rows"], DTYPES[precision])
     terms = {it: siga_loss_terms(x["masks"], x["seg_logits"], x["A"], x["G_low"], x["G_mid"], x["length"], it, SETTINGS)
              for it in (100, 30000)}
     early = terms[100]
     _, per_sample = segmentation_loss(x["seg_logits"], x["masks"], 100, SETTINGS)
-    actual = {
-        "L_seg_per_sample_mean": per_sample, "coverage_S": early.align.coverage,
-        "L_align": early.align.total, "L_align_CE": early.align.cross_entropy, "L_align_orth": early.align.orthogonality,
-        "L_low": early.low.total, "L_low_CE": early.low.cross_entropy, "L_low_Dice": early.low.dice,
-        "L_mid": early.mid.total, "L_mid_CE": early.mid.cross_entropy, "L_mid_Dice": early.mid.dice,
-    }
-    for name, value in actual.items():
-        _assert_close(value, expected[name], rtol, name)
+    assert_terms_match(early, per_sample, expected, rtol)
     for it, result in terms.items():
-        _assert_close(result.seg, expected["L_seg"][str(it)], rtol, f"L_seg@{it}")
-        _assert_close(result.total, expected["SIGA_total"][str(it)], rtol, f"SIGA_total@{it}")
+        assert_close(result.seg, expected["L_seg"][str(it)], rtol, f"L_seg@{it}")
+        assert_close(result.total, expected["SIGA_total"][str(it)], rtol, f"SIGA_total@{it}")
         assert result.align_weight == expected["align_coefficient"]
 
 
@@ -74,7 +55,7 @@ def test_terms_match_golden(losses_golden, batch, precision):
 def test_binary_maps_match_golden_exactly(losses_golden, batch):
     golden = losses_golden[batch]
     expected = golden["f32"]
-    x = _batch(losses_golden, golden["rows"], torch.float32)
+    x = golden_rows(losses_golden, golden["rows"], torch.float32)
     foreground = predicted_foreground(x["seg_logits"], SETTINGS.foreground_threshold)
     assert torch.equal(foreground.to(torch.uint8), expected["pred_fg"])
     for scale, size in (("low", (12, 40)), ("mid", (6, 40))):
@@ -85,7 +66,7 @@ def test_binary_maps_match_golden_exactly(losses_golden, batch):
 
 def test_unweighted_glyph_ce_would_differ(losses_golden):
     """The class weights matter on these inputs (so the weighted-CE comparison above can fail)."""
-    x = _batch(losses_golden, losses_golden["B3"]["rows"], torch.float64)
+    x = golden_rows(losses_golden, losses_golden["B3"]["rows"], torch.float64)
     args = (x["masks"], x["seg_logits"], x["A"], x["G_low"], x["G_mid"], x["length"], 100)
     weighted = siga_loss_terms(*args, SETTINGS).low.cross_entropy
     unweighted = siga_loss_terms(*args, SETTINGS.__class__(**{**SETTINGS.__dict__, "glyph_class_weights": None}))

@@ -14,7 +14,8 @@ import torch
 
 from checkpoint import convert_official_state_dict
 from config import make_config
-from golden import GOLDEN, assert_rule_matches_checksums, load_golden, official_rule_state_dict, require, rule_parameters
+from golden import (GOLDEN, assert_rule_matches_checksums, load_golden, official_rule_state_dict, relative_error, require,
+                    rule_parameters)
 from model import build_model
 from modules.losses import training_loss
 from tokenizer import CHARSET_36, Tokenizer
@@ -23,11 +24,6 @@ F64_RTOL = 1e-8
 F32_RTOL = 5e-4
 HEADS = {"P_1D": "one_d", "P_TRBA": "trba", "P_2D1": "position_low", "P_2D2": "position_mid",
          "P_F1": "fusion_low", "P_F2": "fusion_mid"}
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |a − b| / max |b| (the golden README's "rel")."""
-    return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max())
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, name: str) -> None:

@@ -12,7 +12,8 @@ import torch
 
 from checkpoint import OFFICIAL_IGNORED, convert_official_state_dict, official_name
 from config import make_config
-from golden import CONSTANTS, assert_rule_matches_checksums, VARIANTS, load_golden, official_rule_state_dict, official_shapes, require, rule_parameters
+from golden import (CONSTANTS, VARIANTS, assert_rule_matches_checksums, load_golden, official_rule_state_dict,
+                    official_shapes, relative_error, require, rule_parameters)
 from model import build_siga_s
 from tokenizer import CHARSET_36, Tokenizer
 
@@ -21,10 +22,6 @@ HEADS = {"P_1D": "one_d", "P_TRBA": "trba", "P_2D1": "position_low", "P_2D2": "p
 #: golden README §6: float32 against *_f64 on logits, A, X, Q (tight) and on the maps (loose)
 FLOAT32_TIGHT, FLOAT32_MAPS = 2e-4, 1e-3
 count = lambda module: sum(p.numel() for p in module.parameters())
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max())
 
 
 def paper_config(**overrides):
