@@ -19,7 +19,6 @@ from benchmarking import BASELINES, DTYPES, bench_agreement, bench_loader, bench
 from model import MODELS
 from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
-DEMO_ROOT = Path("data/synth_demo")
 COMPARISONS = {"R": ["TRBA", "SIGA_R"], "S": ["TSBA", "SIGA_S"], "all": ["TRBA", "SIGA_R", "TSBA", "SIGA_S"]}
 
 
@@ -112,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         # imported here: the memory probes' spawned processes re-import this file, and the generator's
         # imports (matplotlib) would count in their peak memory
-        from tools.synth import build_demo_data
+        from tools.synth import DEMO_ROOT, build_demo_data
 
-        build_demo_data(DEMO_ROOT)
-        report["data"] = bench_loader(args, str(DEMO_ROOT / "images" / "train"), str(DEMO_ROOT / "masks" / "train"))
+        demo = build_demo_data(DEMO_ROOT)
+        report["data"] = bench_loader(args, str(demo["train_images"]), str(demo["train_masks"]))
         print(f"training loader, {args.workers} workers: {report['data']['images_per_second']:.0f} img/s")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

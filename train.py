@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
 from engine import RunOptions, train
 from model import MODELS
-from tools.synth import build_demo_data
+from tools.synth import DEMO_ROOT, build_demo_data
 from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 
-DEMO_ROOT = Path("data/synth_demo")
 #: command-line flags that set Config fields of the same name
 CONFIG_FLAGS = ("model", "batch_size", "num_iter", "lr", "grad_clip", "max_label_length", "seed", "valid_interval",
                 "save_interval", "workers", "augment", "aug_mode", "charset", "sensitive", "freeze_tps_bn")

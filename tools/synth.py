@@ -276,6 +276,10 @@ def write_synth_lmdb(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, 
             shutil.rmtree(path, ignore_errors=True)
 
 
+#: where train.py and bench.py keep the built-in demo data (relative to the working directory)
+DEMO_ROOT = Path("data/synth_demo")
+
+
 def build_demo_data(root: str | os.PathLike, num_train: int = 20000, num_val: int = 1000, seed: int = 0,
                     workers: int = 2) -> dict[str, Path]:
     """Create ``root/{images,masks}/{train,val}`` unless both LMDBs of a split are present; train uses
