@@ -123,23 +123,26 @@ _RESNET = "model_one.FeatureExtraction.ConvNet."
 _GLYPH = "model_two.Attention_Cls."
 
 
-def siga_heads_map(fusion_one: str, fusion_two: str) -> dict[str, str]:
-    """Our SigaHeads prefixes → the official ones (identical in SIGA_R and SIGA_S but for where the fusion
-    decoders keep their attention decoder: ``fusion_one``/``fusion_two`` end with '.')."""
+def siga_heads_map(fusion_one: str, fusion_two: str, one: str = "model_one.", two: str = "model_two.",
+                   heads_one: str = "Prediction.", heads_two: str = "Prediction.") -> dict[str, str]:
+    """Our SigaHeads prefixes → the official ones. SIGA_R and SIGA_S split them over ``model_one.`` and
+    ``model_two.`` and differ only in where the fusion decoders keep their attention decoder
+    (``fusion_one``/``fusion_two`` end with '.'); SIGA_T keeps them all under ``mgp_str.`` and names the two
+    attention decoders ``heads_one``/``heads_two``."""
     return {
-        "siga.alignment_sequence.": "model_one.SequenceModeling.",
-        "siga.alignment_decoder.": "model_one.Prediction.",
-        "siga.sequence.": "model_two.SequenceEncoding.",
-        "siga.trba_decoder.": "model_two.Prediction.",
-        "siga.position_decoder_low.": "model_two.FC_Prediction_1.",
-        "siga.position_decoder_mid.": "model_two.FC_Prediction_2.",
+        "siga.alignment_sequence.": one + "SequenceModeling.",
+        "siga.alignment_decoder.": one + heads_one,
+        "siga.sequence.": two + "SequenceEncoding.",
+        "siga.trba_decoder.": two + heads_two,
+        "siga.position_decoder_low.": two + "FC_Prediction_1.",
+        "siga.position_decoder_mid.": two + "FC_Prediction_2.",
         "siga.fusion_decoder_low.": fusion_one,
         "siga.fusion_decoder_low.attention_cell.fusion.gate.": fusion_one + "attention_cell.fusion.W.",
         "siga.fusion_decoder_mid.": fusion_two,
         "siga.fusion_decoder_mid.attention_cell.fusion.gate.": fusion_two + "attention_cell.fusion.W.",
-        "siga.fusion.gate.": "model_two.Fusion.W.",
-        "siga.projection.": "model_two.pw.",
-        "siga.final_decoder.": "model_two.generator.",
+        "siga.fusion.gate.": two + "Fusion.W.",
+        "siga.projection.": two + "pw.",
+        "siga.final_decoder.": two + "generator.",
     }
 
 
@@ -179,18 +182,38 @@ SIGA_S_NAME_MAP: dict[str, str] = {
     "glyph.up_full.": _GLYPH + "unpool4.",
     **siga_heads_map("model_two.Iterable_Predicition_one.Prediction.", "model_two.Iterable_Predicition_two.Prediction."),
 }
+_VIT, _SEG = "mgp_str.", "mgp_str.segmentation."
+#: SIGA_T (SPEC_SIGA_T §8): the ViT keeps timm's names; the tail and glyph head live in ``segmentation``.
+SIGA_T_NAME_MAP: dict[str, str] = {
+    "backbone.vit.": _VIT, "backbone.norm_seg.": _VIT + "norm_seg.", "backbone.token_norm.": _SEG + "token_norm_1.",
+    "backbone.tail.": _SEG,
+    "glyph.tap_heads.0.": _SEG + "mlahead.head2.", "glyph.tap_heads.1.": _SEG + "mlahead.head3.",
+    "glyph.mid_head.": _SEG + "cls_Head_middle.0.", "glyph.low_head.": _SEG + "cls_Head_low.0.",
+    "glyph.up_mid.": _SEG + "unpool1.", "glyph.up_low.": _SEG + "unpool2.", "glyph.up_seg.": _SEG + "unpool3.",
+    "glyph.reduce_low.0.": _SEG + "conv1.", "glyph.reduce_low.1.": _SEG + "bn1.",
+    "glyph.low_merge.0.": _SEG + "conv2.", "glyph.low_merge.1.": _SEG + "bn2.",
+    "glyph.seg_block.0.": _SEG + "conv3.", "glyph.seg_block.1.": _SEG + "bn3.",
+    "glyph.seg_head.": _SEG + "seg_cls.", "glyph.features_mid.": _SEG + "feat.", "glyph.features_low.": _SEG + "unpool0.",
+    "glyph.sequence_mid.": _SEG + "lstm.0.", "glyph.sequence_low.": _SEG + "lstm.1.",
+    **siga_heads_map(_VIT + "Iterable_Predicition_one.", _VIT + "Iterable_Predicition_two.", _VIT, _VIT,
+                     "Prediction_our.", "Prediction_TRBA."),
+}
 #: per released model: our prefix → official prefix
-OFFICIAL_NAME_MAPS: dict[str, dict[str, str]] = {"SIGA_R": SIGA_R_NAME_MAP, "SIGA_S": SIGA_S_NAME_MAP}
+OFFICIAL_NAME_MAPS: dict[str, dict[str, str]] = {"SIGA_R": SIGA_R_NAME_MAP, "SIGA_S": SIGA_S_NAME_MAP,
+                                                 "SIGA_T": SIGA_T_NAME_MAP}
 #: per released model: official keys with no counterpart (SIGA_R: the TPS grid constants, recomputed, and the
 #: unused downsampler)
 OFFICIAL_IGNORED: dict[str, tuple[str, ...]] = {
     "SIGA_R": ("model_one.Transformation.GridGenerator.", "model_two.downsampler."),
     # SIGA_S also saves its glyph-CE class weights, a constant of the losses (SPEC_SIGA_S bug S25)
     "SIGA_S": ("model_one.Transformation.GridGenerator.", "model_two.downsampler.", "model_two.loss."),
+    # SIGA_T: the ViT's classifier and final norm and a second token norm, never used (SPEC_SIGA_T T-5)
+    "SIGA_T": ("mgp_str.head.", "mgp_str.norm.", "mgp_str.segmentation.token_norm_2."),
 }
 #: per released model: the final classifier's weight, whose rows give the class count
 OFFICIAL_CLASSIFIER: dict[str, str] = {"SIGA_R": "model_two.generator.generator.weight",
-                                       "SIGA_S": "model_two.generator.generator.weight"}
+                                       "SIGA_S": "model_two.generator.generator.weight",
+                                       "SIGA_T": "mgp_str.generator.generator.weight"}
 
 
 def official_name(key: str, variant: str = "SIGA_R") -> str:
@@ -233,7 +256,7 @@ def is_official_checkpoint(checkpoint: object) -> bool:
 
 
 def official_config(state_dict: dict[str, torch.Tensor], variant: str = "SIGA_R") -> Config:
-    """The paper config of ``variant`` whose class count (1 + charset size) matches an official state_dict:
+    """The paper config of ``variant`` whose class count (the tokenizer's) matches an official state_dict:
     the 36-character set, or the case-sensitive 94-character one."""
     key = OFFICIAL_CLASSIFIER[variant]
     weight = state_dict.get(key, state_dict.get("module." + key))
@@ -249,7 +272,8 @@ def official_config(state_dict: dict[str, torch.Tensor], variant: str = "SIGA_R"
 
 #: a key only each released model has (without ``module.``)
 OFFICIAL_SIGNATURES: dict[str, str] = {"SIGA_R": "model_one.FeatureExtraction.ConvNet.conv1.weight",
-                                       "SIGA_S": "model_one.FeatureExtraction.pos_embed"}
+                                       "SIGA_S": "model_one.FeatureExtraction.pos_embed",
+                                       "SIGA_T": "mgp_str.pos_embed"}
 
 
 def official_variant(state_dict: dict[str, torch.Tensor], source: str | Path) -> str:
@@ -257,7 +281,7 @@ def official_variant(state_dict: dict[str, torch.Tensor], source: str | Path) ->
     keys = {key.removeprefix("module.") for key in state_dict}
     found = [variant for variant, signature in OFFICIAL_SIGNATURES.items() if signature in keys]
     if len(found) != 1:
-        raise ValueError(f"{source}: not an official SIGA_R or SIGA_S state_dict (signature keys "
+        raise ValueError(f"{source}: not an official SIGA_R, SIGA_S or SIGA_T state_dict (signature keys "
                          f"{sorted(OFFICIAL_SIGNATURES.values())} not found)")
     return found[0]
 

@@ -20,6 +20,7 @@ class Config:
 
     model: str = "TRBA"
     charset: str = "36"  # "36", "94" or a path to a charset file (one character per line)
+    token_layout: str = "dtrb"  # "dtrb": EOS 0, chars 1..n, SOS n+1; "mgp": [GO] 0 (start/pad), [s] 1, chars 2..n+1
     sensitive: bool = False  # case-sensitive labels (charset 94 by default when set)
     max_label_length: int = 25  # N_max; decoding steps S = N_max + 1
     img_h: int = 32
@@ -39,6 +40,14 @@ class Config:
     svtr_local_blocks: int = 10  # the first blocks mix locally, the rest globally
     svtr_local_window: tuple[int, int] = (7, 11)
     svtr_out_channels: int = 384  # width of V and of SIGA_S's final generator
+    # ViT backbone of SIGA_T / VITBA (SPEC_SIGA_T §3.1–3.3); unused by the other models
+    vit_dim: int = 768
+    vit_depth: int = 12
+    vit_heads: int = 12
+    vit_patch: int = 4
+    vit_mlp_ratio: float = 4.0
+    vit_taps: tuple[int, ...] = (2, 4, 6, 8)  # 1-based blocks whose LayerNorm'd tokens feed the glyph head
+    vit_tail_channels: int = 512  # width of the ResNet tail that turns the last tokens into the sequence X
     drop_path_rate: float = 0.1
     dropout: float = 0.3  # on the glyph sequences and the final projection (SPEC §3.10)
     siga: SigaLossSettings = field(default_factory=SigaLossSettings)  # the SIGA loss constants (SPEC §4)
@@ -47,21 +56,24 @@ class Config:
     # optimisation (SPEC §5.2; SIGA_S: SPEC_SIGA_S §5.2)
     batch_size: int = 320  # per process; the paper's global batch is 2 × 320
     num_iter: int = 160000
-    optimizer: str = "adam"  # "adam" or "adamw"
+    optimizer: str = "adam"  # "adam", "adamw" or "adadelta"
     lr: float = 4.5e-4
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    rho: float = 0.95  # Adadelta
     weight_decay: float = 0.0  # AdamW only
-    schedule: str = "one_cycle"  # "one_cycle" or "warmup_cosine"
+    schedule: str = "one_cycle"  # "one_cycle", "warmup_cosine" or "cosine"
     div_factor: float = 20.0  # one_cycle
     final_div_factor: float = 1000.0  # one_cycle
     pct_start: float = 0.3  # one_cycle
     warmup_fraction: float = 0.2  # warmup_cosine: linear warm-up over this share of num_iter
-    min_lr: float = 1e-7  # warmup_cosine: the cosine's floor
+    min_lr: float = 1e-7  # warmup_cosine, cosine: the cosine's floor
     grad_clip: float | None = 5.0  # gradient-norm clipping; None: no clipping
     seed: int = 111
     # data
+    normalize_images: bool = True  # ImageNet mean/std (SIGA_R/S); SIGA_T reads images in [0, 1]
+    data_pipeline: str = "original"  # "original" (SPEC §1) or "resized" (SPEC_SIGA_T §1.2–1.3)
     augment: bool = True
     aug_mode: str = "sample"  # "sample" (per-sample draw) or "fixed" (official once-per-process quirk)
     workers: int = 12
@@ -116,8 +128,18 @@ SVTR_RECIPE: dict[str, Any] = dict(
     img_h=48, img_w=160, batch_size=288, num_iter=552_000,  # 10 epochs of MJ+ST at batch 288
     optimizer="adamw", lr=5e-4, beta2=0.99, eps=8e-8, weight_decay=0.05, schedule="warmup_cosine",
     warmup_fraction=0.2, min_lr=1e-7, grad_clip=None)
+#: SIGA_T's data, labels and recipe (SPEC_SIGA_T §1–§2, §5): 32×128 images in [0, 1] resized before masking and
+#: RandAugment, the MGP-STR token layout, Adadelta 1.0 with cosine annealing to 0 over num_iter, clip 5, batch 48
+#: per process × 3, 1.4 M iterations, seed 226
+VIT_RECIPE: dict[str, Any] = dict(
+    img_h=32, img_w=128, token_layout="mgp", normalize_images=False, data_pipeline="resized", drop_path_rate=0.0,
+    batch_size=48, num_iter=1_400_000, optimizer="adadelta", lr=1.0, rho=0.95, eps=1e-8, schedule="cosine",
+    min_lr=0.0, grad_clip=5.0, seed=226)
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "TSBA": SVTR_RECIPE,
+    "VITBA": VIT_RECIPE,
+    # §4: the SIGA_R losses with a constant alignment weight 0.15 (the 20 k switch then only changes L_seg)
+    "SIGA_T": dict(**VIT_RECIPE, siga=dict(align_weight_early=0.15, align_weight_late=0.15)),
     "SIGA_S": dict(**SVTR_RECIPE,
                    siga=dict(sharpen_slope=85.0, sharpen_offset=0.08, align_weight_early=0.1, align_weight_late=0.1,
                              glyph_class_weights=SIGA_S_GLYPH_CLASS_WEIGHTS, warped_mask_target=False)),
@@ -151,8 +173,14 @@ SVTR_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(svtr_dims=(32, 32, 64), svtr_depths=(1, 1, 1), svtr_heads=(1, 1, 2), svtr_local_blocks=2,
                  svtr_out_channels=32),
 }
+#: the ViT at reduced sizes for SIGA_T's and VITBA's demo and tiny presets
+VIT_PRESETS: dict[str, dict[str, Any]] = {
+    "demo": dict(vit_dim=192, vit_depth=6, vit_heads=3, vit_taps=(2, 3, 4, 5), vit_tail_channels=128),
+    "tiny": dict(vit_dim=32, vit_depth=4, vit_heads=2, vit_taps=(1, 2, 3, 4), vit_tail_channels=32),
+}
 MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    (model, preset): values for model in ("TSBA", "SIGA_S") for preset, values in SVTR_PRESETS.items()}
+    **{(model, preset): values for model in ("TSBA", "SIGA_S") for preset, values in SVTR_PRESETS.items()},
+    **{(model, preset): values for model in ("VITBA", "SIGA_T") for preset, values in VIT_PRESETS.items()}}
 
 
 def make_config(preset: str = "paper", **overrides: Any) -> Config:

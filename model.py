@@ -13,13 +13,14 @@ import torch.nn as nn
 
 from config import Config
 from modules.decoders import AttentionDecoder
-from modules.glyph_attention import GlyphAttentionNetwork, SvtrGlyphAttentionNetwork
+from modules.glyph_attention import GlyphAttentionNetwork, SvtrGlyphAttentionNetwork, ViTGlyphAttentionNetwork
 from modules.outputs import Prediction, RecognitionOutput, SigaOutput
 from modules.resnet import ResNet45
 from modules.sequence import bilstm_stack
 from modules.siga import SigaHeads
 from modules.svtr import SVTRLarge
-from modules.transformation import TPSRectifier
+from modules.transformation import NoRectifier, TPSRectifier
+from modules.vit import ViTBackbone
 from tokenizer import Tokenizer
 
 
@@ -94,23 +95,33 @@ def svtr(config: Config) -> SVTRLarge:
                      drop_path_rate=config.drop_path_rate, out_channels=config.svtr_out_channels)
 
 
-def attention_recognizer(config: Config, tokenizer: Tokenizer, backbone: nn.Module) -> AttentionRecognizer:
-    """TPS + ``backbone`` + BiLSTM×2 + attention decoder."""
+def vit(config: Config, taps: bool = True) -> ViTBackbone:
+    """The ViT backbone with the config's taps (``taps=False``: none, for the glyph-free baseline)."""
+    return ViTBackbone(config.image_size, config.vit_patch, config.vit_dim, config.vit_depth, config.vit_heads,
+                       config.vit_mlp_ratio, config.vit_taps if taps else (), config.vit_tail_channels,
+                       config.drop_path_rate)
+
+
+def attention_recognizer(config: Config, tokenizer: Tokenizer, backbone: nn.Module,
+                         transformation: nn.Module | None = None) -> AttentionRecognizer:
+    """Rectifier (default TPS) + ``backbone`` + BiLSTM×2 + attention decoder."""
     hidden = config.hidden_size
     decoder = AttentionDecoder(hidden, hidden, tokenizer.num_classes, config.num_steps, tokenizer.sos_id,
-                               tokenizer.eos_id)
-    return AttentionRecognizer(tps(config), backbone, bilstm_stack(backbone.out_channels, hidden), decoder)
+                               tokenizer.eos_id, num_embeddings=tokenizer.num_embeddings)
+    return AttentionRecognizer(transformation or tps(config), backbone, bilstm_stack(backbone.out_channels, hidden),
+                               decoder)
 
 
 def glyph_recognizer(config: Config, tokenizer: Tokenizer, backbone: nn.Module, glyph_network: type[nn.Module],
-                     final_size: int) -> GlyphAttentionRecognizer:
-    """TPS + ``backbone`` + a glyph attention network of type ``glyph_network`` on the backbone's levels + the
-    SIGA heads with a ``final_size``-wide final generator."""
+                     final_size: int, transformation: nn.Module | None = None,
+                     mid_first: bool = False) -> GlyphAttentionRecognizer:
+    """Rectifier (default TPS) + ``backbone`` + a glyph attention network of type ``glyph_network`` on the
+    backbone's levels + the SIGA heads with a ``final_size``-wide final generator."""
     hidden = config.hidden_size
     glyph = glyph_network(backbone.feature_channels, config.max_label_length + 2, config.glyph_channels, hidden)
     siga = SigaHeads(backbone.out_channels, hidden, final_size, tokenizer.num_classes, config.num_steps,
-                     tokenizer.sos_id, tokenizer.eos_id, config.dropout)
-    return GlyphAttentionRecognizer(tps(config), backbone, glyph, siga)
+                     tokenizer.sos_id, tokenizer.eos_id, config.dropout, mid_first, tokenizer.num_embeddings)
+    return GlyphAttentionRecognizer(transformation or tps(config), backbone, glyph, siga)
 
 
 def build_trba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
@@ -134,9 +145,23 @@ def build_siga_s(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecogniz
     return glyph_recognizer(config, tokenizer, svtr(config), SvtrGlyphAttentionNetwork, config.svtr_out_channels)
 
 
+def build_vitba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
+    """ViT + its ResNet tail + BiLSTM×2 + attention decoder, no rectifier: SIGA_T without its glyph part (the
+    glyph-free baseline for equal-budget comparisons)."""
+    return attention_recognizer(config, tokenizer, vit(config, taps=False), NoRectifier())
+
+
+def build_siga_t(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecognizer:
+    """ViT with its taps and tail, SIGA_T's glyph attention head and the SIGA heads with the mid-scale glyph
+    sequence in the first slot (SPEC_SIGA_T §3); no rectifier."""
+    return glyph_recognizer(config, tokenizer, vit(config), ViTGlyphAttentionNetwork, 2 * config.hidden_size,
+                            NoRectifier(), mid_first=True)
+
+
 #: model name → builder; a model is fully described by (config, tokenizer)
-MODELS: dict[str, Callable[[Config, Tokenizer], nn.Module]] = {"TRBA": build_trba, "SIGA_R": build_siga_r,
-                                                               "TSBA": build_tsba, "SIGA_S": build_siga_s}
+MODELS: dict[str, Callable[[Config, Tokenizer], nn.Module]] = {
+    "TRBA": build_trba, "SIGA_R": build_siga_r, "TSBA": build_tsba, "SIGA_S": build_siga_s,
+    "VITBA": build_vitba, "SIGA_T": build_siga_t}
 
 
 def init_weights(model: nn.Module) -> None:
@@ -155,13 +180,28 @@ def init_weights(model: nn.Module) -> None:
                     parameter.fill_(1.0)
 
 
+def init_vit_model_weights(model: nn.Module) -> None:
+    """SIGA_T's official initialisation (SPEC_SIGA_T §3.9), no global loop: timm's ViT init (as built) with the
+    class token truncated-normal (std 0.02, timm 0.4.12); every plain convolution after the ViT He-normal with
+    fan-out, N(0, 2 / (k_h·k_w·C_out)); BatchNorm 1/0; everything else PyTorch's default."""
+    nn.init.trunc_normal_(model.backbone.vit.cls_token, std=0.02)
+    convs = [m for part in (model.backbone.tail, getattr(model, "glyph", None)) if part is not None
+             for m in part.modules() if type(m) is nn.Conv2d]
+    for conv in convs:
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+
+#: models whose official code does not run SPEC §5.3's global initialisation loop
+OWN_INITIALISATION = {"VITBA": init_vit_model_weights, "SIGA_T": init_vit_model_weights}
+
+
 def build_model(config: Config, tokenizer: Tokenizer | None = None) -> nn.Module:
     """Instantiate ``config.model`` for the tokenizer's token layout, with the official initialisation."""
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r}; choose from {sorted(MODELS)}")
     tokenizer = tokenizer or Tokenizer.from_config(config)
     model = MODELS[config.model](config, tokenizer)
-    init_weights(model)
+    OWN_INITIALISATION.get(config.model, init_weights)(model)
     if config.freeze_tps:
         model.transformation.freeze(statistics=config.freeze_tps_bn)
     return model

@@ -92,19 +92,19 @@ class FusionAttentionCell(AttentionCell):
 class AttentionDecoder(nn.Module):
     """Attention LSTM decoder over an encoder sequence H [B, T, D].
 
-    ``num_classes`` = C output classes; the embedding has one row per id up to ``sos_id`` (our layout:
-    C + 1 rows, SOS being the extra last one).
+    ``num_classes`` = C output classes; the embedding has ``num_embeddings`` rows, by default one per id up to
+    ``sos_id`` (our layout: C + 1 rows, SOS being the extra last one).
     """
 
     cell_type: type[AttentionCell] = AttentionCell
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int, num_steps: int, sos_id: int,
-                 eos_id: int, embed_size: int | None = None):
+                 eos_id: int, embed_size: int | None = None, num_embeddings: int | None = None):
         super().__init__()
         embed_size = embed_size or hidden_size
         self.attention_cell = self.cell_type(input_size, hidden_size, embed_size)
         self.generator = nn.Linear(hidden_size, num_classes)
-        self.char_embeddings = nn.Embedding(embedding_rows(num_classes, sos_id), embed_size)
+        self.char_embeddings = nn.Embedding(num_embeddings or embedding_rows(num_classes, sos_id), embed_size)
         self.hidden_size = hidden_size
         self.num_steps = num_steps
         self.sos_id, self.eos_id = sos_id, eos_id
@@ -172,11 +172,12 @@ class PositionAlignedDecoder(nn.Module):
     """LSTM decoder reading row s of an aligned sequence G [B, ≥S, D] and the previous token at step s
     (SPEC §3.7, §3.9); no attention. Embedding rows as AttentionDecoder's."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_classes: int, embed_size: int, sos_id: int):
+    def __init__(self, input_size: int, hidden_size: int, num_classes: int, embed_size: int, sos_id: int,
+                 num_embeddings: int | None = None):
         super().__init__()
         self.rnn = nn.LSTMCell(input_size + embed_size, hidden_size)
         self.generator = nn.Linear(hidden_size, num_classes)
-        self.char_embeddings = nn.Embedding(embedding_rows(num_classes, sos_id), embed_size)
+        self.char_embeddings = nn.Embedding(num_embeddings or embedding_rows(num_classes, sos_id), embed_size)
         self.hidden_size = hidden_size
 
     def forward(self, rows: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:

@@ -136,3 +136,48 @@ class SvtrGlyphAttentionNetwork(GlyphEncoders):
             merged = self.seg_merge(torch.cat([self.up_seg(hidden_low), f0], 1))
             seg_logits = self.seg_head(self.up_full(merged))
         return self.glyph_output(logits_low, logits_mid, f1, f2, seg_logits)
+
+
+class ViTGlyphAttentionNetwork(nn.Module):
+    """SIGA_T's glyph attention head (SPEC_SIGA_T §3.4–3.5) over the ViT's levels (S_0, S_1, S_2, S_3, Ẑ), all
+    [B, D, h, w] on the patch grid: a multi-level head on S_1 and S_2 gives the glyph logits on the patch grid
+    ("mid"); with S_0 unpooled ×2 the "low" logits at twice that size, and one more ×2 the segmentation at
+    the input size. Glyph features: a grouped 1×1 conv of Ẑ (mid) and S_3 unpooled ×2 (low), each pooled by
+    its scale's glyph softmax and encoded by a BiLSTM.
+
+    ``channels`` = the head width c (128 in the paper; the concatenated head is 2c); ``feature_size`` = the
+    glyph feature and BiLSTM width (256). Layers carry the official ``segmentation`` names' roles.
+    """
+
+    def __init__(self, feature_channels: tuple[int, ...], num_slots: int, channels: int = 128,
+                 feature_size: int = 256, feature_groups: int = 8):
+        super().__init__()
+        dim = feature_channels[0]
+        c = channels
+        self.tap_heads = nn.ModuleList([nn.Sequential(*conv_bn_relu(dim, c, 3, bias=False), *conv_bn_relu(c, c, 1, bias=False))
+                                        for _ in range(2)])
+        self.mid_head = nn.Conv2d(2 * c, num_slots, 1)
+        self.up_mid = upsample_bn_relu(2 * c, c)
+        self.reduce_low = conv_bn_relu(dim, 2 * c, 1)
+        self.up_low = upsample_bn_relu(2 * c, c)
+        self.low_merge = conv_bn_relu(2 * c, c, 3)
+        self.low_head = nn.Conv2d(c, num_slots, 1)
+        self.up_seg = upsample_bn_relu(c)
+        self.seg_block = conv_bn_relu(c, c, 1)
+        self.seg_head = nn.Conv2d(c, 2, 1)
+        self.features_mid = nn.Conv2d(dim, feature_size, 1, groups=feature_groups, bias=False)
+        self.features_low = upsample_bn_relu(dim, feature_size)
+        self.sequence_mid = BiLSTM(feature_size, feature_size, feature_size)
+        self.sequence_low = BiLSTM(feature_size, feature_size, feature_size)
+
+    def forward(self, levels: tuple[torch.Tensor, ...], segmentation: bool = True) -> GlyphOutput:
+        """``levels`` = (S_0, S_1, S_2, S_3, Ẑ); ``segmentation=False`` skips the full-resolution branch."""
+        s0, s1, s2, s3, final = levels
+        merged = torch.cat([self.tap_heads[0](s1), self.tap_heads[1](s2)], 1)
+        logits_mid = self.mid_head(merged)
+        hidden_low = self.low_merge(torch.cat([self.up_mid(merged), self.up_low(self.reduce_low(s0))], 1))
+        logits_low = self.low_head(hidden_low)
+        seg_logits = self.seg_head(self.seg_block(self.up_seg(hidden_low))) if segmentation else None
+        sequence_mid = self.sequence_mid(glyph_pooling(logits_mid, self.features_mid(final)))
+        sequence_low = self.sequence_low(glyph_pooling(logits_low, self.features_low(s3)))
+        return GlyphOutput(logits_low, logits_mid, sequence_low, sequence_mid, seg_logits)

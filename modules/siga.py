@@ -30,10 +30,11 @@ class SigaHeads(nn.Module):
     """
 
     def __init__(self, sequence_size: int, hidden_size: int, final_size: int, num_classes: int, num_steps: int,
-                 sos_id: int, eos_id: int, dropout: float, mid_first: bool = False):
+                 sos_id: int, eos_id: int, dropout: float, mid_first: bool = False, num_embeddings: int | None = None):
         super().__init__()
-        tokens = dict(sos_id=sos_id)
-        attention = dict(num_classes=num_classes, num_steps=num_steps, sos_id=sos_id, eos_id=eos_id)
+        tokens = dict(sos_id=sos_id, num_embeddings=num_embeddings)
+        attention = dict(num_classes=num_classes, num_steps=num_steps, sos_id=sos_id, eos_id=eos_id,
+                         num_embeddings=num_embeddings)
         self.num_steps, self.sos_id, self.eos_id, self.mid_first = num_steps, sos_id, eos_id, mid_first
         self.alignment_sequence = bilstm_stack(sequence_size, hidden_size)
         self.alignment_decoder = AttentionDecoder(hidden_size, hidden_size, **attention)

@@ -136,3 +136,10 @@ class TPSRectifier(nn.Module):
             return rectified, None
         warped_mask = F.grid_sample(mask.to(grid.dtype), grid, mode="bilinear", padding_mode="border", align_corners=True)
         return rectified, warped_mask
+
+
+class NoRectifier(nn.Module):
+    """The rectifier slot of a model without one (SIGA_T): image and mask pass through unchanged."""
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return image, mask

@@ -23,7 +23,8 @@ GOLDEN = SHARED / "golden"
 OFFICIAL_KEYS = SHARED / "official_siga_r_state_dict.json"
 #: per model: its golden directory and official key list (SIGA_S: ../shared/data/golden_siga_s/README.md)
 VARIANTS = {"SIGA_R": (GOLDEN, OFFICIAL_KEYS),
-            "SIGA_S": (SHARED / "golden_siga_s", SHARED / "official_siga_s_state_dict.json")}
+            "SIGA_S": (SHARED / "golden_siga_s", SHARED / "official_siga_s_state_dict.json"),
+            "SIGA_T": (SHARED / "golden_siga_t", SHARED / "official_siga_t_state_dict.json")}
 #: SIGA_S keys whose value is not from the rule: the official glyph-CE class weights (golden README §1)
 CONSTANTS = ("model_two.loss.iou_loss.crossentropy.weight",)
 LAYER_NORM = re.compile(r"\.norm\d*$")
@@ -72,7 +73,12 @@ def _weight_gain(key: str, ndim: int) -> float:
     return 1.0
 
 
-def rule_value(key: str, shape: list[int], bn_prefixes: set[str]) -> np.ndarray:
+RESIDUAL_BN = {"SIGA_R": re.compile(r"\.ConvNet\.layer\d+\.\d+\.bn2$"),
+               "SIGA_T": re.compile(r"\.segmentation\.layer\d+\.\d+\.bn2$")}
+
+
+def rule_value(key: str, shape: list[int], bn_prefixes: set[str], residual_bn: re.Pattern = RESIDUAL_BN["SIGA_R"]
+               ) -> np.ndarray:
     """The float32 value of one official parameter (golden README §1)."""
     n = int(np.prod(shape)) if shape else 1
     u = rule_uniform(key, n)
@@ -80,7 +86,7 @@ def rule_value(key: str, shape: list[int], bn_prefixes: set[str]) -> np.ndarray:
     if prefix in bn_prefixes:
         if leaf == "weight":
             x = 1.0 + 0.1 * u
-            if re.search(r"\.ConvNet\.layer\d+\.\d+\.bn2$", prefix):
+            if residual_bn.search(prefix):
                 x = 0.2 * x
         elif leaf == "bias":
             x = 0.1 * u
@@ -113,21 +119,44 @@ def rule_value_s(key: str, shape: list[int], bn_prefixes: set[str]) -> np.ndarra
     return x.reshape(shape).astype(np.float32)
 
 
-@lru_cache(maxsize=2)
+#: SIGA_T's LayerNorms (golden_siga_t README §1)
+VIT_LAYER_NORM = re.compile(r"(^|\.)(norm|norm1|norm2|norm_seg\.\d+|token_norm_\d+)$")
+
+
+def rule_value_t(key: str, shape: list[int], bn_prefixes: set[str]) -> np.ndarray:
+    """SIGA_T's rule (golden_siga_t README §1): the ViT's LayerNorms, class token and position embedding, the
+    residual-BN pattern of its ResNet tail, else SIGA_R's rule."""
+    prefix, leaf = key.rsplit(".", 1)
+    u = rule_uniform(key, int(np.prod(shape)))
+    if prefix not in bn_prefixes and VIT_LAYER_NORM.search(prefix) and leaf in ("weight", "bias"):
+        x = 1.0 + 0.1 * u if leaf == "weight" else 0.1 * u
+    elif key in ("mgp_str.cls_token", "mgp_str.pos_embed"):
+        x = 0.5 * np.sqrt(3.0) * u
+    else:
+        return rule_value(key, shape, bn_prefixes, RESIDUAL_BN["SIGA_T"])
+    return x.reshape(shape).astype(np.float32)
+
+
+RULES = {"SIGA_R": rule_value, "SIGA_S": rule_value_s, "SIGA_T": rule_value_t}
+
+
+@lru_cache(maxsize=3)
 def official_shapes(variant: str = "SIGA_R") -> dict[str, list[int]]:
-    return json.loads(require(VARIANTS[variant][1]).read_text())
+    """Official key → shape (the SIGA_T list also records dtypes)."""
+    shapes = json.loads(require(VARIANTS[variant][1]).read_text())
+    return {key: value["shape"] if isinstance(value, dict) else value for key, value in shapes.items()}
 
 
 def rule_parameters(variant: str = "SIGA_R") -> dict[str, torch.Tensor]:
     """Every official parameter (no BN statistics, grid constants or loss constants) from the rule."""
     shapes = official_shapes(variant)
     bn_prefixes = {k[: -len(".running_mean")] for k in shapes if k.endswith(".running_mean")}
-    rule = rule_value_s if variant == "SIGA_S" else rule_value
+    rule = RULES[variant]
     return {key: torch.from_numpy(rule(key, shape, bn_prefixes)) for key, shape in shapes.items()
             if not key.endswith(BN_STATISTICS) and not key.endswith(GRID_CONSTANTS) and key not in CONSTANTS}
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def official_rule_state_dict(variant: str = "SIGA_R") -> dict[str, torch.Tensor]:
     """The official-format state_dict (with the ``module.`` prefix of a released checkpoint)."""
     state = rule_parameters(variant)
