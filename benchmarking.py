@@ -215,7 +215,8 @@ def bench_agreement(args: argparse.Namespace) -> dict:
     model, tokenizer, config = load_model(args.agreement, device)
     channels_last = use_channels_last(model, args.channels_last, device, training=False)
     dataset = LmdbDataset(args.eval_data, tokenizer, (config.img_h, config.img_w), "test")
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=Collate())
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=Collate(config.normalize_images))
     full = evaluate(model, loader, tokenizer, device, keep_predictions=True)
     half = evaluate(model, loader, tokenizer, device, keep_predictions=True, amp_dtype=DTYPES["bf16"])
     same = [a[0] == b[0] for a, b in zip(full.predictions, half.predictions)]

@@ -103,7 +103,7 @@ def evaluate_set(model: torch.nn.Module, tokenizer: Tokenizer, config: Config, e
     """Score one set; unreadable samples are left out of n and returned in ``skipped``."""
     datasets = [LmdbDataset(leaf, tokenizer, (config.img_h, config.img_w), "test") for leaf in eval_set.leaves]
     loader = DataLoader(ConcatDataset(datasets), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=Collate(), pin_memory=device.type == "cuda")
+                        collate_fn=Collate(config.normalize_images), pin_memory=device.type == "cuda")
     tracked = _TrackSkipped(loader)
     result = evaluate(model, tracked, tokenizer, device, keep_predictions=keep_predictions, amp_dtype=amp_dtype)
     offsets, start = {}, 0

@@ -108,7 +108,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
     checkpoint = check_checkpoint(raw, path)
     config = Config.from_dict(checkpoint["config"])
     if checkpoint.get("charset"):
-        tokenizer = Tokenizer(checkpoint["charset"], config.max_label_length, config.sensitive)
+        tokenizer = Tokenizer(checkpoint["charset"], config.max_label_length, config.sensitive, config.token_layout)
     else:
         tokenizer = Tokenizer.from_config(config)
     model = build_model(config, tokenizer)
@@ -312,6 +312,8 @@ def load_tps(model: nn.Module, checkpoint_path: str | Path) -> None:
     """Copy the TPS localisation network of a checkpoint of this repo (TRBA or SIGA_R) into ``model``
     (SPEC §3.1, §7 #6): every localisation tensor of ``model`` must be present with the same shape.
     Freezing is the config's ``freeze_tps``, so that a resumed run stays frozen."""
+    if not hasattr(model.transformation, "localization"):
+        raise ValueError(f"--tps_from {checkpoint_path}: this model has no TPS rectifier")
     source = load_checkpoint(checkpoint_path)["model"]
     prefix = "transformation.localization."
     target = model.transformation.localization.state_dict()
@@ -324,3 +326,35 @@ def load_tps(model: nn.Module, checkpoint_path: str | Path) -> None:
             raise ValueError(f"{checkpoint_path}: {prefix + key} has shape {tuple(value.shape)}, "
                              f"this model expects {tuple(target[key].shape)}")
     model.transformation.localization.load_state_dict(found, strict=True)
+
+
+#: DeiT checkpoint keys not taken (SPEC_SIGA_T §3.9): other patch size and grid, the ImageNet classifier, and the
+#: final norm, which SIGA_T never uses
+DEIT_SKIPPED = ("patch_embed.", "pos_embed", "head.", "norm.", "fc_norm.", "head_dist.", "dist_token")
+
+
+def load_pretrained_vit(model: nn.Module, path: str | Path) -> int:
+    """Copy the class token and every transformer block of a DeiT-style ImageNet checkpoint (a state_dict, or a
+    dict holding one under 'model') into ``model.backbone.vit``; patch embedding, position embedding, classifier
+    and final norm stay as initialised. Every block tensor of ours must be present with the same shape; the
+    file's other keys are an error. Returns the number of tensors loaded (ViT-Base: 145)."""
+    vit = getattr(getattr(model, "backbone", None), "vit", None)
+    if vit is None:
+        raise ValueError(f"--pretrained_vit {path}: this model has no ViT backbone")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--pretrained_vit: {path} does not exist (weights are never downloaded)")
+    raw = read_checkpoint_file(path)
+    state = raw.get("model", raw) if isinstance(raw, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a ViT state_dict (expected tensors, or a dict with 'model')")
+    taken = {k: v for k, v in state.items() if not k.startswith(DEIT_SKIPPED)}
+    wanted = {k: v for k, v in vit.state_dict().items() if k == "cls_token" or k.startswith("blocks.")}
+    missing, unexpected = sorted(set(wanted) - set(taken)), sorted(set(taken) - set(wanted))
+    if missing or unexpected:
+        raise ValueError(f"{path}: does not match this ViT: {len(missing)} missing keys {missing[:10]}, "
+                         f"{len(unexpected)} unexpected keys {unexpected[:10]}")
+    wrong = [f"{k} {tuple(v.shape)} vs ours {tuple(wanted[k].shape)}" for k, v in taken.items() if v.shape != wanted[k].shape]
+    if wrong:
+        raise ValueError(f"{path}: shapes differ from this ViT (another width or depth?): {wrong[:5]}")
+    vit.load_state_dict(taken, strict=False)
+    return len(taken)

@@ -69,13 +69,17 @@ class LmdbDataset(Dataset):
     """One leaf LMDB. ``mode='train'`` filters raw labels longer than N_max (SPEC §1.2) and may
     augment; ``mode='test'`` keeps everything and never computes masks (SPEC §1.8).
 
+    By default the mask is made and the augmentation applied at the stored size, then both are resized
+    (SPEC §1); ``resize_first`` resizes the image first, so that the K-means mask is that of the resized image
+    and the augmentation runs at the network size (SIGA_T, SPEC_SIGA_T §1.2).
+
     A sample whose image, label or mask cannot be decoded comes back as :class:`Skipped`, which the
     collate function drops and reports; nothing is replaced by a dummy.
     """
 
     def __init__(self, path: str | os.PathLike, tokenizer: Tokenizer, img_size: tuple[int, int], mode: str = "test",
                  need_masks: bool = False, mask_path: str | os.PathLike | None = None,
-                 augmenter: Callable | None = None, kmeans_seed: int | None = None):
+                 augmenter: Callable | None = None, kmeans_seed: int | None = None, resize_first: bool = False):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
         self.path = str(path)
@@ -85,6 +89,7 @@ class LmdbDataset(Dataset):
         self.need_masks = need_masks and mode == "train"
         self.augmenter = augmenter if mode == "train" else None
         self.kmeans_seed = kmeans_seed
+        self.resize_first = resize_first
         self.mask_path = str(mask_path) if mask_path is not None and self.need_masks else None
         if self.mask_path is not None and not is_lmdb_dir(self.mask_path):
             warnings.warn(f"{self.path}: mask LMDB {self.mask_path} not found; computing K-means masks on the fly")
@@ -164,20 +169,25 @@ class LmdbDataset(Dataset):
             image = decode_image(image_bytes)
         except UndecodableImage as error:
             return Skipped(self.path, index, error.summary)
+        stored_size, size = image.size, (self.img_w, self.img_h)
+        if self.resize_first:
+            image = image.resize(size, Image.BICUBIC)
         mask = None
         if self.need_masks:
-            mask = self._load_mask(index, image, rng)
+            mask = self._load_mask(index, image, stored_size, rng)
             if isinstance(mask, Skipped):
                 return mask
         if self.augmenter is not None:
             image, mask = self.augmenter(image, mask, rng)
-        image_array = np.asarray(image.resize((self.img_w, self.img_h), Image.BICUBIC), dtype=np.uint8)
+        image_array = np.asarray(image if image.size == size else image.resize(size, Image.BICUBIC), dtype=np.uint8)
         if mask is not None:
-            mask = resize_mask(mask, (self.img_w, self.img_h))
+            mask = resize_mask(mask, size) if mask.shape != (self.img_h, self.img_w) else mask.astype(np.float32)
         return Sample(image_array, mask, self.tokenizer.normalize(label))
 
-    def _load_mask(self, index: int, image: Image.Image, rng: np.random.Generator) -> np.ndarray | Skipped:
-        """The stored mask (SPEC §1.4a) or, without a mask LMDB or key, the K-means rule (§1.5)."""
+    def _load_mask(self, index: int, image: Image.Image, stored_size: tuple[int, int],
+                   rng: np.random.Generator) -> np.ndarray | Skipped:
+        """The stored mask (SPEC §1.4a, at the stored image's size ``stored_size``, resized to ``image``'s) or,
+        without a mask LMDB or key, the K-means rule (§1.5) on ``image``."""
         raw = None if self.mask_path is None else self._read("_mask_env", self.mask_path, MASK_KEY % index)
         if raw is None:
             seed = self.kmeans_seed if self.kmeans_seed is not None else int(rng.integers(2**32))
@@ -186,9 +196,9 @@ class LmdbDataset(Dataset):
             mask = np.asarray(Image.open(io.BytesIO(raw)).convert("I"), dtype=np.int32)
         except (OSError, ValueError) as error:
             return Skipped(self.mask_path, index, f"undecodable mask ({error.__class__.__name__})")
-        if mask.shape != (image.height, image.width):
-            return Skipped(self.mask_path, index, f"mask size {mask.shape[::-1]} != image size {image.size}")
-        return mask
+        if mask.shape != stored_size[::-1]:
+            return Skipped(self.mask_path, index, f"mask size {mask.shape[::-1]} != image size {stored_size}")
+        return mask if image.size == stored_size else resize_mask(mask, image.size)
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -205,11 +215,13 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class Collate:
-    """Stack samples, normalise images with the ImageNet statistics, drop and report skipped ones."""
+    """Stack samples, normalise images with the ImageNet statistics (or, ``normalize=False``, only scale them
+    to [0, 1] as SIGA_T reads them), drop and report skipped ones."""
 
-    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+    def __init__(self, normalize: bool = True, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD):
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255.0 if normalize else torch.zeros(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255.0 if normalize else torch.full((1, 3, 1, 1), 255.0)
 
     def __call__(self, items: Sequence[Sample | Skipped]) -> Batch:
         samples = [s for s in items if isinstance(s, Sample)]
@@ -251,14 +263,14 @@ def select_leaves(root: str | os.PathLike, selection: str) -> list[Path]:
 def build_dataset_groups(root: str | os.PathLike, selections: Sequence[str], tokenizer: Tokenizer,
                          img_size: tuple[int, int], mode: str, need_masks: bool = False,
                          mask_root: str | os.PathLike | None = None, augmenter: Callable | None = None,
-                         kmeans_seed: int | None = None) -> list[ConcatDataset]:
+                         kmeans_seed: int | None = None, resize_first: bool = False) -> list[ConcatDataset]:
     """One concatenation of leaf datasets per selection name (``["MJ", "ST"]`` → two groups)."""
     groups = []
     for selection in selections:
         leaves = select_leaves(root, selection)
         datasets = [LmdbDataset(leaf, tokenizer, img_size, mode, need_masks,
                                 mirror_mask_path(leaf, Path(root), mask_root) if need_masks else None,
-                                augmenter, kmeans_seed) for leaf in leaves]
+                                augmenter, kmeans_seed, resize_first) for leaf in leaves]
         groups.append(ConcatDataset(datasets))
     return groups
 
@@ -319,8 +331,8 @@ class TrainingDraws(ConcatDataset):
 
 
 def make_eval_loader(path: str | os.PathLike, tokenizer: Tokenizer, img_size: tuple[int, int], batch_size: int,
-                     workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+                     workers: int = 0, rank: int = 0, world_size: int = 1, normalize: bool = True) -> DataLoader:
     """A test-mode loader over one leaf LMDB in index order (this rank's shard of it when distributed)."""
     dataset = LmdbDataset(path, tokenizer, img_size, "test")
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
-                      num_workers=workers, collate_fn=Collate(), generator=torch.Generator().manual_seed(0))
+                      num_workers=workers, collate_fn=Collate(normalize), generator=torch.Generator().manual_seed(0))

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from checkpoint import (atomic_save, check_finetune_charset, load_checkpoint, load_tps, model_from_checkpoint,
-                        training_state)
+from checkpoint import (atomic_save, check_finetune_charset, load_checkpoint, load_pretrained_vit, load_tps,
+                        model_from_checkpoint, training_state)
 from config import Config, make_config
 from dataset import Batch, SkipTally
 from distributed import DistEnv, barrier, cleanup, gather_objects, gather_rows, setup, sum_across_ranks
@@ -51,6 +51,7 @@ class RunOptions:
     resume: str | None = None  # a checkpoint, or "auto": the run directory's last.pth if any
     finetune: str | None = None
     tps_from: str | None = None
+    pretrained_vit: str | None = None  # DeiT-style ImageNet weights for a ViT backbone (SPEC_SIGA_T §3.9)
     keep_last: int = 5
     device: str = "cpu"
     amp: str = "off"
@@ -382,11 +383,13 @@ def resolve_checkpoint(options: RunOptions, env: DistEnv) -> tuple[Config, dict 
 
 def build_training_model(options: RunOptions, config: Config, tokenizer: Tokenizer, checkpoint: dict | None,
                          env: DistEnv) -> torch.nn.Module:
-    """The model on this rank's device: the resumed or fine-tuned weights (or a TPS from ``tps_from``),
-    with synchronised BatchNorms when distributed."""
+    """The model on this rank's device: the resumed or fine-tuned weights (or a TPS from ``tps_from``, a ViT
+    from ``pretrained_vit``), with synchronised BatchNorms when distributed."""
     model = build_model(config, tokenizer)
     if options.tps_from:
         load_tps(model, options.tps_from)
+    if options.pretrained_vit and checkpoint is None:
+        log(env, f"{load_pretrained_vit(model, options.pretrained_vit)} ViT tensors from {options.pretrained_vit}")
     if checkpoint is not None:
         model_from_checkpoint(checkpoint, model, options.resume)
     elif options.finetune:

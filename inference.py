@@ -176,10 +176,11 @@ def unreadable_report(read: int, total: int) -> int:
 # Preprocessing and recognition
 # --------------------------------------------------------------------------------------------------
 def preprocess(images: Sequence[Image.Image], config: Config) -> torch.Tensor:
-    """Normalised batch [B, 3, img_h, img_w]: bicubic resize and ``dataset.Collate``, as for LMDB samples."""
+    """Batch [B, 3, img_h, img_w]: bicubic resize and ``dataset.Collate`` (normalised as the config says), as for
+    LMDB samples."""
     samples = [Sample(np.asarray(to_rgb(image).resize((config.img_w, config.img_h), Image.BICUBIC), dtype=np.uint8),
                       None, "") for image in images]
-    return Collate()(samples).images
+    return Collate(config.normalize_images)(samples).images
 
 
 @dataclass

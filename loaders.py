@@ -13,8 +13,25 @@ from dataset import Collate, SkipTally, TrainingDraws, build_dataset_groups, mak
 from distributed import DistEnv
 from lmdb_io import find_lmdb_leaves
 from modules.augment import JointAugment
+from modules.rand_augment import RandAugment
 from samplers import RatioBatchSampler, ShuffledBatchSampler
 from tokenizer import Tokenizer
+
+
+DATA_PIPELINES = ("original", "resized")
+
+
+def make_augmenter(config: Config) -> Callable | None:
+    """The training augmentation of the config's data pipeline: the joint geometric/photometric augmentation at
+    the stored size (SPEC §1.6), or RandAugment at the network size (SPEC_SIGA_T §1.3; ``aug_mode='fixed'``
+    selects its faithful variant); None when augmentation is off."""
+    if config.data_pipeline not in DATA_PIPELINES:
+        raise ValueError(f"unknown data_pipeline {config.data_pipeline!r}; choose from {DATA_PIPELINES}")
+    if not config.augment:
+        return None
+    if config.data_pipeline == "resized":
+        return RandAugment(faithful=config.aug_mode == "fixed")
+    return JointAugment(config.aug_mode, np.random.default_rng(config.seed))
 
 
 def make_train_loader(train_data: str, select_data: str, batch_ratio: str | None, mask_root: str | None,
@@ -27,9 +44,9 @@ def make_train_loader(train_data: str, select_data: str, batch_ratio: str | None
     '-'-separated shares of every batch (None: uniform sampling over the concatenation).
     """
     selections = select_data.split("-")
-    augmenter = JointAugment(config.aug_mode, np.random.default_rng(config.seed)) if config.augment else None
+    resize_first = config.data_pipeline == "resized"
     groups = build_dataset_groups(train_data, selections, tokenizer, config.image_size, "train", need_masks, mask_root,
-                                  augmenter)
+                                  make_augmenter(config), resize_first=resize_first)
     scan = SkipTally()
     for group, selection in zip(groups, selections):
         skipped = [s for d in group.datasets for s in d.scan_skipped]
@@ -48,7 +65,8 @@ def make_train_loader(train_data: str, select_data: str, batch_ratio: str | None
                                     env.world_size, start)
     else:
         sampler = ShuffledBatchSampler(len(draws), config.batch_size, config.seed, env.rank, env.world_size, start)
-    loader = DataLoader(draws, batch_sampler=sampler, num_workers=config.workers, collate_fn=Collate(),
+    loader = DataLoader(draws, batch_sampler=sampler, num_workers=config.workers,
+                        collate_fn=Collate(config.normalize_images),
                         pin_memory=env.device.type == "cuda",
                         generator=torch.Generator().manual_seed(config.seed + env.rank))
     return loader, scan
@@ -58,4 +76,4 @@ def make_eval_loaders(root: str, config: Config, tokenizer: Tokenizer, env: Dist
     """One test-mode loader per leaf LMDB under ``root`` (this rank's shard), keyed by its path relative to ``root``."""
     return {str(leaf.relative_to(root)) if leaf != Path(root) else leaf.name:
             make_eval_loader(leaf, tokenizer, config.image_size, config.eval_batch_size, min(config.workers, 2),
-                             env.rank, env.world_size) for leaf in find_lmdb_leaves(root)}
+                             env.rank, env.world_size, config.normalize_images) for leaf in find_lmdb_leaves(root)}

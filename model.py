@@ -203,5 +203,7 @@ def build_model(config: Config, tokenizer: Tokenizer | None = None) -> nn.Module
     model = MODELS[config.model](config, tokenizer)
     OWN_INITIALISATION.get(config.model, init_weights)(model)
     if config.freeze_tps:
+        if not isinstance(model.transformation, TPSRectifier):
+            raise ValueError(f"{config.model} has no TPS rectifier to load or freeze (--tps_from)")
         model.transformation.freeze(statistics=config.freeze_tps_bn)
     return model

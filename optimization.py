@@ -1,5 +1,6 @@
 """The optimiser and learning-rate schedule of a run, from its config: Adam + OneCycle for SIGA_R/TRBA
-(SPEC §5.2), AdamW + linear warm-up and cosine decay for SIGA_S/TSBA (SPEC_SIGA_S §5.2)."""
+(SPEC §5.2), AdamW + linear warm-up and cosine decay for SIGA_S/TSBA (SPEC_SIGA_S §5.2), Adadelta + cosine
+annealing for SIGA_T/VITBA (SPEC_SIGA_T §5)."""
 from __future__ import annotations
 
 import math
@@ -9,15 +10,18 @@ import torch
 
 from config import Config
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("one_cycle", "warmup_cosine")
+OPTIMIZERS = ("adam", "adamw", "adadelta")
+SCHEDULES = ("one_cycle", "warmup_cosine", "cosine")
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: Config) -> torch.optim.Optimizer:
-    """``config.optimizer`` with the config's learning rate, betas, epsilon and (AdamW) weight decay, the
-    latter on every parameter as the official SIGA_S code does."""
+    """``config.optimizer`` with the config's learning rate, betas (Adadelta: rho), epsilon and weight decay
+    (AdamW, Adadelta), the latter on every parameter as the official code does."""
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {OPTIMIZERS}")
+    if config.optimizer == "adadelta":
+        return torch.optim.Adadelta(parameters, lr=config.lr, rho=config.rho, eps=config.eps,
+                                    weight_decay=config.weight_decay)
     betas = (config.beta1, config.beta2)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, betas=betas, eps=config.eps, weight_decay=config.weight_decay)
@@ -49,4 +53,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.o
         return one_cycle_scheduler(optimizer, config)
     if config.schedule == "warmup_cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine_lr(step, config) / config.lr)
+    if config.schedule == "cosine":  # CosineAnnealingLR(T_max = num_iter), no warm-up (SPEC_SIGA_T §5)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.num_iter, eta_min=config.min_lr)
     raise ValueError(f"unknown schedule {config.schedule!r}; choose from {SCHEDULES}")

@@ -43,6 +43,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="architecture (default TRBA); SIGA_S and TSBA bring their own recipe (README)")
     model.add_argument("--tps_from", help="load the TPS of a TRBA/SIGA_R checkpoint of this repo and freeze it "
                                           "(the paper's two-stage recipe); without it the TPS trains jointly")
+    model.add_argument("--pretrained_vit", help="SIGA_T/VITBA: DeiT-style ImageNet weights (a local file) for the "
+                       "class token and transformer blocks")
     model.add_argument("--freeze_tps_bn", action="store_true", default=None,
                        help="with --tps_from: also keep the TPS BatchNorm statistics fixed (official: they update)")
     model.add_argument("--siga_switch_iter", type=int,
@@ -114,8 +116,9 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         mask_root = str(DEMO_ROOT / "masks" / "train")
     preset = args.preset or ("paper" if args.train_data else "demo")
     return RunOptions(train_data, valid_data, args.select_data, args.batch_ratio, mask_root, preset, args.saved_dir,
-                      args.exp_name, args.resume, args.finetune, args.tps_from, args.keep_last, args.device, args.amp,
-                      args.channels_last, args.sync_bn, args.deterministic, args.local_rank, overrides)
+                      args.exp_name, args.resume, args.finetune, args.tps_from, args.pretrained_vit, args.keep_last,
+                      args.device, args.amp, args.channels_last, args.sync_bn, args.deterministic, args.local_rank,
+                      overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,3 +65,21 @@ def test_schedule_resumes_from_its_state():
         build_scheduler(optimizer, config.replace(schedule="step"))
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer([torch.nn.Parameter(torch.ones(1))], config.replace(optimizer="sgd"))
+
+
+def test_adadelta_cosine_of_siga_t():
+    """SPEC_SIGA_T §5: Adadelta(1.0, rho 0.95, eps 1e-8), lr_t = ½(1 + cos(π t / N)) stepped after every
+    optimiser step, no warm-up, clipping at 5, seed 226."""
+    config = make_config("paper", model="SIGA_T", num_iter=40)
+    assert (config.optimizer, config.schedule, config.grad_clip, config.seed) == ("adadelta", "cosine", 5.0, 226)
+    optimizer = build_optimizer([torch.nn.Parameter(torch.ones(3))], config)
+    assert isinstance(optimizer, torch.optim.Adadelta)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["rho"], group["eps"], group["weight_decay"]) == (1.0, 0.95, 1e-8, 0.0)
+    scheduler = build_scheduler(optimizer, config)
+    lrs = []
+    for _ in range(config.num_iter):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 40)) for t in range(40)], rel=1e-12, abs=1e-15)

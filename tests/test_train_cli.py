@@ -147,3 +147,41 @@ def test_siga_s_two_stage_train_resume_test_demo(data, tmp_path):
     demo = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--checkpoint", str(checkpoint), "--images",
                            str(image), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert demo.returncode == 0 and "word.png" in demo.stdout, demo.stderr[-3000:]
+
+
+def test_siga_t_train_resume_test_demo(data, tmp_path):
+    """SIGA_T end to end at the tiny ViT preset with its own recipe (Adadelta + cosine, MGP token layout, [0, 1]
+    images resized before masking and RandAugment), resumption from a snapshot, test.py and demo.py; VITBA,
+    its baseline, trains too."""
+    vitba = run_train(*common_args(data, tmp_path), "--model", "VITBA", "--num_iter", "2", "--valid_interval", "2",
+                      "--exp_name", "vitba", cwd=tmp_path)
+    assert vitba.returncode == 0, vitba.stderr[-3000:]
+    siga = run_train(*common_args(data, tmp_path), "--model", "SIGA_T", "--num_iter", "4", "--valid_interval", "4",
+                     "--save_interval", "2", "--exp_name", "siga_t", cwd=tmp_path)
+    assert siga.returncode == 0, siga.stderr[-3000:]
+    last = load_checkpoint(tmp_path / "siga_t" / "last.pth")
+    config = last["config"]
+    assert (config["model"], config["img_h"], config["img_w"], config["optimizer"]) == ("SIGA_T", 32, 128, "adadelta")
+    assert (config["token_layout"], config["normalize_images"], config["data_pipeline"]) == ("mgp", False, "resized")
+    assert config["siga"]["align_weight_early"] == config["siga"]["align_weight_late"] == 0.15
+    assert last["charset"] == "0123456789abcdefghijklmnopqrstuvwxyz"
+
+    resumed = run_train("--resume", str(tmp_path / "siga_t" / "iter_2.pth"), *common_args(data, tmp_path),
+                        "--exp_name", "siga_t_resumed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = load_checkpoint(tmp_path / "siga_t_resumed" / "last.pth")
+    assert after["iteration"] == 4 and after["scheduler"]["last_epoch"] == last["scheduler"]["last_epoch"] == 4
+    assert all(torch.equal(after["model"][k], v) for k, v in last["model"].items())  # exact resume
+
+    checkpoint = tmp_path / "siga_t" / "last.pth"
+    tested = subprocess.run([sys.executable, str(ROOT / "test.py"), "--checkpoint", str(checkpoint), "--eval_data",
+                             str(data / "val"), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert tested.returncode == 0 and "SIGA_T" in tested.stdout, tested.stderr[-3000:]
+    image = tmp_path / "word.png"
+    Image.new("RGB", (100, 32), (230, 230, 230)).save(image)
+    demo = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--checkpoint", str(checkpoint), "--images",
+                           str(image), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0 and "word.png" in demo.stdout, demo.stderr[-3000:]
+    tps = run_train(*common_args(data, tmp_path), "--model", "SIGA_T", "--tps_from", str(checkpoint), cwd=tmp_path)
+    assert tps.returncode != 0 and "has no TPS rectifier" in tps.stderr

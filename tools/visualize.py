@@ -80,11 +80,14 @@ class GlyphView:
     label: str | None
 
 
-def to_display(images: torch.Tensor) -> np.ndarray:
-    """Undo the ImageNet normalisation of one image [1, 3, H, W] → RGB floats [H, W, 3] in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images * std + mean).clamp(0.0, 1.0)[0].permute(1, 2, 0).float().cpu().numpy()
+def to_display(images: torch.Tensor, normalized: bool = True) -> np.ndarray:
+    """One network input [1, 3, H, W] → RGB floats [H, W, 3] in [0, 1], undoing the ImageNet normalisation
+    when the model's data path applies it."""
+    if normalized:
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+        images = images * std + mean
+    return images.clamp(0.0, 1.0)[0].permute(1, 2, 0).float().cpu().numpy()
 
 
 @torch.inference_mode()
@@ -93,12 +96,14 @@ def analyse(model: GlyphAttentionRecognizer, tokenizer: Tokenizer, config: Confi
     """Greedy prediction and teacher-forced maps of one image; ``model`` must be in eval mode (as
     ``load_model`` returns it), so that dropout is off and BatchNorm uses its running statistics.
 
-    The mask follows the training data path: K-means at the image's own resolution, then ``resize_mask``
-    to the model input. The teacher-forced transcript is ``label`` normalised by the tokenizer (and cut
+    The mask follows the training data path: K-means at the image's own resolution (or, for the "resized"
+    pipeline, of the resized image), then ``resize_mask`` to the model input. The teacher-forced transcript is ``label`` normalised by the tokenizer (and cut
     to N_max), or the prediction when ``label`` is None.
     """
     images = preprocess([image], config).to(device)
-    mask = resize_mask(text_mask_from_pil(image, seed=kmeans_seed), (config.img_w, config.img_h))
+    size = (config.img_w, config.img_h)
+    source = image.convert("RGB").resize(size, Image.BICUBIC) if config.data_pipeline == "resized" else image
+    mask = resize_mask(text_mask_from_pil(source, seed=kmeans_seed), size)
     masks = torch.from_numpy(mask)[None, None].to(device)
 
     texts, confidences = tokenizer.decode(model(images).logits)
@@ -113,8 +118,8 @@ def analyse(model: GlyphAttentionRecognizer, tokenizer: Tokenizer, config: Confi
     glyph_probs = output.glyph_logits_low.float().softmax(dim=1)[0]
     num_chars = len(chars)
     return GlyphView(
-        input_rgb=to_display(images),
-        rectified_rgb=to_display(rectified),
+        input_rgb=to_display(images, config.normalize_images),
+        rectified_rgb=to_display(rectified, config.normalize_images),
         warped_mask=output.rectified_mask[0, 0].float().cpu().numpy(),
         foreground_prob=output.seg_logits.float().softmax(dim=1)[0, 1].cpu().numpy(),
         foreground=foreground[0, 0].float().cpu().numpy(),
