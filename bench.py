@@ -2,7 +2,7 @@
 
 Everything is timed in one process with warm-up and medians of several repeats, the models interleaved
 repeat by repeat, so ratios between models (``--compare``: SIGA_R time over TRBA time; ``--compare S``:
-SIGA_S over TSBA; ``--compare all``: both) and against the
+SIGA_S over TSBA; ``--compare T``: SIGA_T over VITBA; ``--compare all``: all three) and against the
 machine's own large-matmul rate are comparable within one run; peak memory comes from a fresh process per
 model and phase. ``--data`` adds the training data loader's throughput on the demo data.
 """
@@ -19,7 +19,8 @@ from benchmarking import BASELINES, DTYPES, bench_agreement, bench_loader, bench
 from model import MODELS
 from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
-COMPARISONS = {"R": ["TRBA", "SIGA_R"], "S": ["TSBA", "SIGA_S"], "all": ["TRBA", "SIGA_R", "TSBA", "SIGA_S"]}
+COMPARISONS = {"R": ["TRBA", "SIGA_R"], "S": ["TSBA", "SIGA_S"], "T": ["VITBA", "SIGA_T"],
+               "all": ["TRBA", "SIGA_R", "TSBA", "SIGA_S", "VITBA", "SIGA_T"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=["TRBA", "SIGA_R"], choices=sorted(MODELS))
     parser.add_argument("--compare", nargs="?", const="R", choices=sorted(COMPARISONS),
                         help="a SIGA model and its baseline with their time ratios: R (SIGA_R/TRBA, the default), "
-                             "S (SIGA_S/TSBA) or all")
+                             "S (SIGA_S/TSBA), T (SIGA_T/VITBA) or all")
     parser.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"], help="model size")

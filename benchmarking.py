@@ -231,7 +231,7 @@ def bench_agreement(args: argparse.Namespace) -> dict:
 
 
 #: each SIGA model and the glyph-free baseline it is compared with
-BASELINES = {"SIGA_R": "TRBA", "SIGA_S": "TSBA"}
+BASELINES = {"SIGA_R": "TRBA", "SIGA_S": "TSBA", "SIGA_T": "VITBA"}
 
 
 def compare(results: list[dict], model: str = "SIGA_R") -> dict:

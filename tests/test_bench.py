@@ -102,15 +102,16 @@ def test_agreement_needs_eval_data():
     assert "--agreement needs --eval_data" in err
 
 
-def test_bench_compare_s_smoke_run(tmp_path):
-    """``--compare S``: TSBA and SIGA_S at their 48×160 input, with SIGA_S/TSBA ratios."""
+@pytest.mark.parametrize("comparison, baseline, model", [("S", "TSBA", "SIGA_S"), ("T", "VITBA", "SIGA_T")])
+def test_bench_compare_svtr_and_vit_smoke_run(tmp_path, comparison, baseline, model):
+    """``--compare S`` / ``T``: each SIGA model and its baseline at its own input size, with the time ratios."""
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--compare", "S", "--preset", "tiny", "--device",
-                             "cpu", "--dtypes", "fp32", "--repeats", "1", "--warmup", "1", "--batch_size", "2",
-                             "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--compare", comparison, "--preset", "tiny",
+                             "--device", "cpu", "--dtypes", "fp32", "--repeats", "1", "--warmup", "1", "--batch_size",
+                             "2", "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [r["model"] for r in report["results"]] == ["TSBA", "SIGA_S"]
-    assert set(report["ratios"]) == {"SIGA_S"} and all(v > 0 for v in report["ratios"]["SIGA_S"]["cpu/fp32"].values())
+    assert [r["model"] for r in report["results"]] == [baseline, model]
+    assert set(report["ratios"]) == {model} and all(v > 0 for v in report["ratios"][model]["cpu/fp32"].values())
     assert all(r["infer_gflops_per_image"] > 0 for r in report["results"])
-    assert "SIGA_S / TSBA time (cpu/fp32)" in result.stdout
+    assert f"{model} / {baseline} time (cpu/fp32)" in result.stdout

@@ -151,3 +151,25 @@ def test_train_mode_forward_matches_official(golden_model, io_data, dtype, toler
     assert relative_error(out.seg_logits, expected["Z_seg"]) <= tolerance
     assert relative_error(out.glyph_logits_mid, expected["G_mid"]) <= tolerance
     assert relative_error(out.glyph_logits_low, expected["G_low"]) <= tolerance
+
+
+def test_official_checkpoint_file_loads_in_test_and_demo(tmp_path, io_data):
+    """The released format ({'net': DDP state_dict with the unused head/norm keys, ...}) is recognised as SIGA_T
+    by its keys and read by demo.py with no other input; its prediction is P_final, decoded cleanly."""
+    from PIL import Image
+
+    from checkpoint import atomic_save, load_model
+    from conftest import run_entry_point
+    from model import GlyphAttentionRecognizer
+
+    path = tmp_path / "SIGA_T.pth"
+    atomic_save({"net": official_rule_state_dict("SIGA_T"), "optimizer": {}, "iteration": 100000}, path)
+    model, tokenizer, config = load_model(path)
+    assert isinstance(model, GlyphAttentionRecognizer) and config.model == "SIGA_T" and not model.training
+    assert config.image_size == (32, 128) and tokenizer.charset == "0123456789abcdefghijklmnopqrstuvwxyz"
+    image = tmp_path / "word.png"
+    Image.fromarray(io_data["inputs"]["images_uint8"][2].permute(1, 2, 0).numpy()).save(image)
+    code, out, err = run_entry_point("demo.py", "--checkpoint", path, "--images", image, "--device", "cpu")
+    assert code == 0, err
+    expected, _ = tokenizer.decode(io_data["eval_f32"]["P_final"][2:3])
+    assert out.split("\t")[1] == expected[0]

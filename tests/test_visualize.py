@@ -130,3 +130,15 @@ def test_analyse_shapes_of_siga_s(files, tmp_path, single_thread):
     assert view.attention.shape == (len("hello") + 1, 40)
     assert view.pseudo_labels.shape == view.glyph_argmax.shape == (12, 40)
     assert view.glyph_probs.shape == (len("hello"), 12, 40)
+
+
+def test_analyse_shapes_of_siga_t(files, tmp_path, single_thread):
+    """SIGA_T: 32×128 input in [0, 1] (no rectifier), 32 attention positions, low glyph maps on twice the 8×32
+    patch grid."""
+    model, tokenizer, config = load_model(save_tiny(tmp_path / "siga_t.pth", "SIGA_T"), "cpu")
+    view = analyse(model, tokenizer, config, load_image(files.images[0]), "hello", config.siga, 0, torch.device("cpu"))
+    assert view.input_rgb.shape == view.rectified_rgb.shape == (32, 128, 3)
+    assert (view.input_rgb == view.rectified_rgb).all() and 0.0 <= view.input_rgb.min() <= view.input_rgb.max() <= 1.0
+    assert view.attention.shape == (len("hello") + 1, 32)
+    assert view.pseudo_labels.shape == view.glyph_argmax.shape == (16, 64)
+    assert view.glyph_probs.shape == (len("hello"), 16, 64)
