@@ -7,6 +7,7 @@ that the official-checkpoint loader can be tested end to end against the officia
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -207,3 +208,51 @@ def assert_terms_match(terms, per_sample: torch.Tensor, expected: dict, rtol: fl
     }
     for name, value in actual.items():
         assert_close(value, expected[name], rtol, name)
+
+
+def golden_eval(model: torch.nn.Module, io_data: dict, dtype: torch.dtype):
+    """A copy of ``model`` in ``dtype``, eval mode, greedy on the golden images for every step."""
+    model = copy.deepcopy(model).to(dtype).eval()
+    with torch.no_grad():
+        return model(io_data["inputs"]["images"].to(dtype), early_stop=False)
+
+
+def golden_teacher_forced(model: torch.nn.Module, io_data: dict, dtype: torch.dtype, train_mode: bool):
+    """A copy of ``model`` in ``dtype`` (BatchNorm in train or eval mode), teacher-forced on the golden ids."""
+    model = copy.deepcopy(model).to(dtype).train(train_mode)
+    inputs = io_data["inputs"]
+    with torch.no_grad():
+        return model(inputs["images"].to(dtype), inputs["text_ids"][:, :-1], inputs["masks"].to(dtype))
+
+
+def assert_heads_match(out, expected: dict, heads: dict[str, str], tolerance: float) -> None:
+    """P_final, every auxiliary head (golden name → ours) and the 1-D attention A within ``tolerance``."""
+    assert relative_error(out.logits, expected["P_final"]) <= tolerance
+    for name, head in heads.items():
+        assert relative_error(out.auxiliary_logits[head], expected[name]) <= tolerance, name
+    assert relative_error(out.attention, expected["A"]) <= tolerance
+
+
+def name_map_coverage(model: torch.nn.Module, variant: str) -> tuple[set[str], set[str], set[str]]:
+    """(the official names our keys map to, the official keys not ignored, the ignored official keys) of
+    ``variant``'s name map; a one-to-one map also has as many mapped names as our keys."""
+    from checkpoint import OFFICIAL_IGNORED, official_name
+
+    ours = [official_name(key, variant) for key in model.state_dict()]
+    assert len(set(ours)) == len(ours), "two of our keys map to one official key"
+    shapes = official_shapes(variant)
+    kept = {key for key in shapes if not key.startswith(OFFICIAL_IGNORED[variant])}
+    return set(ours), kept, set(shapes) - kept
+
+
+def rule_and_checksums(variant: str) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """The rule parameters of ``variant`` and its golden checksums."""
+    checksums = json.loads(require(VARIANTS[variant][0] / "weight_rule_checksums.json").read_text())
+    return rule_parameters(variant), checksums
+
+
+def assert_greedy_matches(out, expected: dict, tolerance: float) -> None:
+    """Greedy P_final and the fusion decoders' P_F1 / P_F2 (the only heads our greedy path runs)."""
+    assert relative_error(out.logits, expected["P_final"]) <= tolerance
+    assert relative_error(out.auxiliary_logits["fusion_low"], expected["P_F1"]) <= tolerance
+    assert relative_error(out.auxiliary_logits["fusion_mid"], expected["P_F2"]) <= tolerance

@@ -10,6 +10,16 @@ from config import Config, make_config
 from optimization import build_optimizer, build_scheduler, one_cycle_scheduler
 
 
+def learning_rates(optimizer: torch.optim.Optimizer, scheduler, steps: int) -> list[float]:
+    """The learning rate of each of ``steps`` optimiser steps, the scheduler stepped after each."""
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
 def test_one_cycle_checkpoints():
     """SPEC §13: lr 2.25e-5 at step 0, 4.5e-4 at step 0.3·N − 1, ~2.25e-8 at N − 1, error past N."""
     config = Config(num_iter=1000)
@@ -40,11 +50,7 @@ def test_warmup_cosine_table_of_siga_s():
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 0.05
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.99) and optimizer.param_groups[0]["eps"] == 8e-8
     scheduler = build_scheduler(optimizer, config)
-    lrs = []
-    for _ in range(config.num_iter):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = learning_rates(optimizer, scheduler, config.num_iter)
     warmup = [5e-4 * i / 19 for i in range(20)]
     decay = [1e-7 + 0.5 * (5e-4 - 1e-7) * (1 + math.cos(math.pi * i / 80)) for i in range(80)]
     assert lrs == pytest.approx(warmup + decay, rel=1e-12, abs=1e-15)
@@ -77,9 +83,5 @@ def test_adadelta_cosine_of_siga_t():
     group = optimizer.param_groups[0]
     assert (group["lr"], group["rho"], group["eps"], group["weight_decay"]) == (1.0, 0.95, 1e-8, 0.0)
     scheduler = build_scheduler(optimizer, config)
-    lrs = []
-    for _ in range(config.num_iter):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = learning_rates(optimizer, scheduler, config.num_iter)
     assert lrs == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 40)) for t in range(40)], rel=1e-12, abs=1e-15)

@@ -5,15 +5,15 @@ drop-path and dropout off, so the model is built with both at 0."""
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 
-from checkpoint import OFFICIAL_IGNORED, convert_official_state_dict, official_name
+from checkpoint import convert_official_state_dict
 from config import make_config
-from golden import (CONSTANTS, VARIANTS, assert_rule_matches_checksums, load_golden, official_rule_state_dict,
-                    official_shapes, relative_error, require, rule_parameters)
+from golden import (CONSTANTS, assert_greedy_matches, assert_heads_match, assert_rule_matches_checksums, golden_eval,
+                    golden_teacher_forced, load_golden, name_map_coverage, official_rule_state_dict, official_shapes,
+                    relative_error, rule_and_checksums)
 from model import build_siga_s
 from tokenizer import CHARSET_36, Tokenizer
 
@@ -43,18 +43,14 @@ def golden_model():
 
 
 def test_weight_rule_matches_checksums():
-    checksums = json.loads(require(VARIANTS["SIGA_S"][0] / "weight_rule_checksums.json").read_text())
-    parameters = rule_parameters("SIGA_S")
+    parameters, checksums = rule_and_checksums("SIGA_S")
     assert len(parameters) == 467
     assert_rule_matches_checksums(parameters, checksums)
 
 
 def test_name_map_covers_the_official_state_dict_exactly(golden_model):
-    ours = {official_name(key, "SIGA_S") for key in golden_model.state_dict()}
-    official = {key for key in official_shapes("SIGA_S") if not key.startswith(OFFICIAL_IGNORED["SIGA_S"])}
+    ours, official, ignored = name_map_coverage(golden_model, "SIGA_S")
     assert len(official_shapes("SIGA_S")) == 518 and ours == official
-    assert len(ours) == len(golden_model.state_dict())  # one-to-one
-    ignored = set(official_shapes("SIGA_S")) - official
     assert ignored == {"model_one.Transformation.GridGenerator.inv_delta_C", "model_one.Transformation.GridGenerator.P_hat",
                        "model_two.downsampler.weight", "model_two.downsampler.bias", *CONSTANTS}
 
@@ -72,26 +68,11 @@ def test_parameter_counts(golden_model):
     assert count(build_siga_s(config, Tokenizer.from_config(config))) == 57_656_121 - 98_560
 
 
-def _eval(model: torch.nn.Module, io_data, dtype: torch.dtype):
-    model = copy.deepcopy(model).to(dtype).eval()
-    with torch.no_grad():
-        return model(io_data["inputs"]["images"].to(dtype), early_stop=False)
-
-
-def _teacher_forced(model: torch.nn.Module, io_data, dtype: torch.dtype, train_mode: bool):
-    model = copy.deepcopy(model).to(dtype).train(train_mode)
-    inputs = io_data["inputs"]
-    with torch.no_grad():
-        return model(inputs["images"].to(dtype), inputs["text_ids"][:, :-1], inputs["masks"].to(dtype))
-
-
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-8), (torch.float32, FLOAT32_TIGHT)])
 def test_eval_greedy_matches_official(golden_model, io_data, dtype, tolerance):
-    out = _eval(golden_model, io_data, dtype)
+    out = golden_eval(golden_model, io_data, dtype)
     expected = io_data["eval_f64"]
-    assert relative_error(out.logits, expected["P_final"]) <= tolerance
-    assert relative_error(out.auxiliary_logits["fusion_low"], expected["P_F1"]) <= tolerance
-    assert relative_error(out.auxiliary_logits["fusion_mid"], expected["P_F2"]) <= tolerance
+    assert_greedy_matches(out, expected, tolerance)
     texts, _ = Tokenizer(CHARSET_36).decode(out.logits, drop_last_without_eos=True)
     assert texts == expected["decoded"] == io_data["eval_f32"]["decoded"]
 
@@ -120,25 +101,18 @@ def test_eval_intermediates(golden_model, io_data, dtype, tight, maps):
     assert relative_error(f2[0, :16], expected["F2_s0c16"]) <= maps
 
 
-def _check_heads(out, expected: dict, tolerance: float) -> None:
-    assert relative_error(out.logits, expected["P_final"]) <= tolerance
-    for name, head in HEADS.items():
-        assert relative_error(out.auxiliary_logits[head], expected[name]) <= tolerance, name
-    assert relative_error(out.attention, expected["A"]) <= tolerance
-
-
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-8), (torch.float32, FLOAT32_TIGHT)])
 def test_eval_mode_teacher_forced_matches_official(golden_model, io_data, dtype, tolerance):
-    out = _teacher_forced(golden_model, io_data, dtype, train_mode=False)
-    _check_heads(out, io_data["eval_teacher_forced_f64"], tolerance)
+    out = golden_teacher_forced(golden_model, io_data, dtype, train_mode=False)
+    assert_heads_match(out, io_data["eval_teacher_forced_f64"], HEADS, tolerance)
 
 
 @pytest.mark.parametrize("dtype, tight, maps", [(torch.float64, 1e-8, 1e-8), (torch.float32, FLOAT32_TIGHT, FLOAT32_MAPS)])
 def test_train_mode_forward_matches_official(golden_model, io_data, dtype, tight, maps):
     """Train mode: every BatchNorm (the frozen-in-the-recipe TPS included) uses batch statistics."""
-    out = _teacher_forced(golden_model, io_data, dtype, train_mode=True)
+    out = golden_teacher_forced(golden_model, io_data, dtype, train_mode=True)
     expected = io_data["train_f64"]
-    _check_heads(out, expected, tight)
+    assert_heads_match(out, expected, HEADS, tight)
     assert relative_error(out.rectified_mask, expected["warped_mask"]) <= maps
     assert relative_error(out.seg_logits, expected["Z_seg"]) <= maps
     assert relative_error(out.glyph_logits_mid, expected["G_mid"]) <= maps

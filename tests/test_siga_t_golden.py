@@ -5,15 +5,15 @@ off, so the model is built with dropout 0 (the ViT has none)."""
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 
-from checkpoint import OFFICIAL_IGNORED, convert_official_state_dict, official_name
+from checkpoint import convert_official_state_dict
 from config import make_config
-from golden import (VARIANTS, assert_rule_matches_checksums, load_golden, official_rule_state_dict, official_shapes,
-                    relative_error, require, rule_parameters)
+from golden import (assert_greedy_matches, assert_heads_match, assert_rule_matches_checksums, golden_eval,
+                    golden_teacher_forced, load_golden, name_map_coverage, official_rule_state_dict, official_shapes,
+                    relative_error, rule_and_checksums)
 from model import build_siga_t
 from tokenizer import Tokenizer
 
@@ -43,18 +43,14 @@ def golden_model():
 
 
 def test_weight_rule_matches_checksums():
-    checksums = json.loads(require(VARIANTS["SIGA_T"][0] / "weight_rule_checksums.json").read_text())
-    parameters = rule_parameters("SIGA_T")
+    parameters, checksums = rule_and_checksums("SIGA_T")
     assert len(parameters) == 373 and sum(p.numel() for p in parameters.values()) == 124_583_784
     assert_rule_matches_checksums(parameters, checksums)
 
 
 def test_name_map_covers_the_official_state_dict_exactly(golden_model):
-    ours = {official_name(key, "SIGA_T") for key in golden_model.state_dict()}
-    official = {key for key in official_shapes("SIGA_T") if not key.startswith(OFFICIAL_IGNORED["SIGA_T"])}
+    ours, official, ignored = name_map_coverage(golden_model, "SIGA_T")
     assert len(official_shapes("SIGA_T")) == 433 and ours == official
-    assert len(ours) == len(golden_model.state_dict())  # one-to-one
-    ignored = set(official_shapes("SIGA_T")) - official
     assert ignored == {f"mgp_str.{name}.{leaf}" for name in ("head", "norm", "segmentation.token_norm_2")
                        for leaf in ("weight", "bias")}
 
@@ -74,31 +70,16 @@ def test_parameter_counts(golden_model):
     assert count(m.siga.final_decoder) == 2_655_014
 
 
-def _eval(model: torch.nn.Module, io_data, dtype: torch.dtype):
-    model = copy.deepcopy(model).to(dtype).eval()
-    with torch.no_grad():
-        return model(io_data["inputs"]["images"].to(dtype), early_stop=False)
-
-
-def _teacher_forced(model: torch.nn.Module, io_data, dtype: torch.dtype, train_mode: bool):
-    model = copy.deepcopy(model).to(dtype).train(train_mode)
-    inputs = io_data["inputs"]
-    with torch.no_grad():
-        return model(inputs["images"].to(dtype), inputs["text_ids"][:, :-1], inputs["masks"].to(dtype))
-
-
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-8), (torch.float32, FLOAT32)])
 def test_eval_greedy_matches_official(golden_model, io_data, dtype, tolerance):
-    out = _eval(golden_model, io_data, dtype)
+    out = golden_eval(golden_model, io_data, dtype)
     expected = io_data["eval_f64"]
-    assert relative_error(out.logits, expected["P_final"]) <= tolerance
-    assert relative_error(out.auxiliary_logits["fusion_low"], expected["P_F1"]) <= tolerance
-    assert relative_error(out.auxiliary_logits["fusion_mid"], expected["P_F2"]) <= tolerance
+    assert_greedy_matches(out, expected, tolerance)
 
 
 def test_eval_decoded_strings_match_official(golden_model, io_data):
     """P_final decoded with the official string quirk (SPEC_SIGA_T T-2) equals the official "final" entry."""
-    out = _eval(golden_model, io_data, torch.float32)
+    out = golden_eval(golden_model, io_data, torch.float32)
     tokenizer = Tokenizer.from_config(paper_config())
     texts, confidences, raws = tokenizer.decode_official(out.logits)
     expected = io_data["eval_f32"]["decoded"]["final"]
@@ -128,25 +109,18 @@ def test_eval_intermediates(golden_model, io_data, dtype, tolerance):
     assert relative_error(glyph.sequence_low, expected["Q_low"]) <= tolerance
 
 
-def _check_heads(out, expected: dict, tolerance: float) -> None:
-    assert relative_error(out.logits, expected["P_final"]) <= tolerance
-    for name, head in HEADS.items():
-        assert relative_error(out.auxiliary_logits[head], expected[name]) <= tolerance, name
-    assert relative_error(out.attention, expected["A"]) <= tolerance
-
-
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-8), (torch.float32, FLOAT32)])
 def test_eval_mode_teacher_forced_matches_official(golden_model, io_data, dtype, tolerance):
-    out = _teacher_forced(golden_model, io_data, dtype, train_mode=False)
-    _check_heads(out, io_data["eval_teacher_forced_f64"], tolerance)
+    out = golden_teacher_forced(golden_model, io_data, dtype, train_mode=False)
+    assert_heads_match(out, io_data["eval_teacher_forced_f64"], HEADS, tolerance)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-8), (torch.float32, FLOAT32)])
 def test_train_mode_forward_matches_official(golden_model, io_data, dtype, tolerance):
     """Train mode: every BatchNorm uses the batch statistics of the four images; the mask is passed through."""
-    out = _teacher_forced(golden_model, io_data, dtype, train_mode=True)
+    out = golden_teacher_forced(golden_model, io_data, dtype, train_mode=True)
     expected = io_data["train_f64"]
-    _check_heads(out, expected, tolerance)
+    assert_heads_match(out, expected, HEADS, tolerance)
     assert torch.equal(out.rectified_mask, io_data["inputs"]["masks"].to(dtype))
     assert relative_error(out.seg_logits, expected["Z_seg"]) <= tolerance
     assert relative_error(out.glyph_logits_mid, expected["G_mid"]) <= tolerance

@@ -35,6 +35,19 @@ def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def test_and_demo(checkpoint: Path, model: str, data: Path, tmp_path: Path) -> None:
+    """test.py on the validation LMDB and demo.py on one image both run on ``checkpoint`` of ``model``."""
+    tested = subprocess.run([sys.executable, str(ROOT / "test.py"), "--checkpoint", str(checkpoint), "--eval_data",
+                             str(data / "val"), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert tested.returncode == 0 and model in tested.stdout, tested.stderr[-3000:]
+    image = tmp_path / "word.png"
+    Image.new("RGB", (100, 32), (230, 230, 230)).save(image)
+    demo = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--checkpoint", str(checkpoint), "--images",
+                           str(image), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0 and "word.png" in demo.stdout, demo.stderr[-3000:]
+
+
 def common_args(data: Path, saved: Path) -> list[str]:
     return ["--train_data", str(data / "train"), "--valid_data", str(data / "val"), "--saved_dir", str(saved)]
 
@@ -137,16 +150,7 @@ def test_siga_s_two_stage_train_resume_test_demo(data, tmp_path):
     after = load_checkpoint(tmp_path / "siga_s_resumed" / "last.pth")
     assert after["iteration"] == 4 and after["scheduler"]["last_epoch"] == last["scheduler"]["last_epoch"] == 4
 
-    checkpoint = tmp_path / "siga_s" / "last.pth"
-    tested = subprocess.run([sys.executable, str(ROOT / "test.py"), "--checkpoint", str(checkpoint), "--eval_data",
-                             str(data / "val"), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600)
-    assert tested.returncode == 0 and "SIGA_S" in tested.stdout, tested.stderr[-3000:]
-    image = tmp_path / "word.png"
-    Image.new("RGB", (100, 32), (230, 230, 230)).save(image)
-    demo = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--checkpoint", str(checkpoint), "--images",
-                           str(image), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert demo.returncode == 0 and "word.png" in demo.stdout, demo.stderr[-3000:]
+    test_and_demo(tmp_path / "siga_s" / "last.pth", "SIGA_S", data, tmp_path)
 
 
 def test_siga_t_train_resume_test_demo(data, tmp_path):
@@ -174,14 +178,6 @@ def test_siga_t_train_resume_test_demo(data, tmp_path):
     assert all(torch.equal(after["model"][k], v) for k, v in last["model"].items())  # exact resume
 
     checkpoint = tmp_path / "siga_t" / "last.pth"
-    tested = subprocess.run([sys.executable, str(ROOT / "test.py"), "--checkpoint", str(checkpoint), "--eval_data",
-                             str(data / "val"), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600)
-    assert tested.returncode == 0 and "SIGA_T" in tested.stdout, tested.stderr[-3000:]
-    image = tmp_path / "word.png"
-    Image.new("RGB", (100, 32), (230, 230, 230)).save(image)
-    demo = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--checkpoint", str(checkpoint), "--images",
-                           str(image), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert demo.returncode == 0 and "word.png" in demo.stdout, demo.stderr[-3000:]
+    test_and_demo(checkpoint, "SIGA_T", data, tmp_path)
     tps = run_train(*common_args(data, tmp_path), "--model", "SIGA_T", "--tps_from", str(checkpoint), cwd=tmp_path)
     assert tps.returncode != 0 and "has no TPS rectifier" in tps.stderr
