@@ -53,7 +53,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="size/schedule preset (default: paper with data arguments, demo without)")
     model.add_argument("--batch_size", type=int, help="per-process batch size")
     model.add_argument("--num_iter", type=int, help="number of optimiser steps")
-    model.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    model.add_argument("--lr", type=float, help="(peak) learning rate of the schedule")
     model.add_argument("--grad_clip", type=float)
     model.add_argument("--max_label_length", type=int)
     model.add_argument("--seed", type=int)
