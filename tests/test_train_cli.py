@@ -35,7 +35,7 @@ def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_and_demo(checkpoint: Path, model: str, data: Path, tmp_path: Path) -> None:
+def run_test_and_demo(checkpoint: Path, model: str, data: Path, tmp_path: Path) -> None:
     """test.py on the validation LMDB and demo.py on one image both run on ``checkpoint`` of ``model``."""
     tested = subprocess.run([sys.executable, str(ROOT / "test.py"), "--checkpoint", str(checkpoint), "--eval_data",
                              str(data / "val"), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True,
@@ -150,7 +150,7 @@ def test_siga_s_two_stage_train_resume_test_demo(data, tmp_path):
     after = load_checkpoint(tmp_path / "siga_s_resumed" / "last.pth")
     assert after["iteration"] == 4 and after["scheduler"]["last_epoch"] == last["scheduler"]["last_epoch"] == 4
 
-    test_and_demo(tmp_path / "siga_s" / "last.pth", "SIGA_S", data, tmp_path)
+    run_test_and_demo(tmp_path / "siga_s" / "last.pth", "SIGA_S", data, tmp_path)
 
 
 def test_siga_t_train_resume_test_demo(data, tmp_path):
@@ -178,6 +178,6 @@ def test_siga_t_train_resume_test_demo(data, tmp_path):
     assert all(torch.equal(after["model"][k], v) for k, v in last["model"].items())  # exact resume
 
     checkpoint = tmp_path / "siga_t" / "last.pth"
-    test_and_demo(checkpoint, "SIGA_T", data, tmp_path)
+    run_test_and_demo(checkpoint, "SIGA_T", data, tmp_path)
     tps = run_train(*common_args(data, tmp_path), "--model", "SIGA_T", "--tps_from", str(checkpoint), cwd=tmp_path)
     assert tps.returncode != 0 and "has no TPS rectifier" in tps.stderr
