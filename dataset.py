@@ -10,7 +10,7 @@ import io
 import os
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -24,6 +24,8 @@ from lmdb_io import (IMAGE_KEY, LABEL_KEY, MASK_KEY, DataSourceError, Undecodabl
                      find_lmdb_leaves, is_lmdb_dir, open_lmdb, read_num_samples)
 from modules.kmeans_mask import text_mask_from_pil
 from samplers import DrawKey, ShardSampler
+from synth.engine import EngineConfig, render_sample
+from synth.fonts import default_catalogue
 from tokenizer import Tokenizer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per-channel RGB statistics the images are normalised with (Collate)
@@ -177,12 +179,7 @@ class LmdbDataset(Dataset):
             mask = self._load_mask(index, image, stored_size, rng)
             if isinstance(mask, Skipped):
                 return mask
-        if self.augmenter is not None:
-            image, mask = self.augmenter(image, mask, rng)
-        image_array = np.asarray(image if image.size == size else image.resize(size, Image.BICUBIC), dtype=np.uint8)
-        if mask is not None:
-            mask = resize_mask(mask, size) if mask.shape != (self.img_h, self.img_w) else mask.astype(np.float32)
-        return Sample(image_array, mask, self.tokenizer.normalize(label))
+        return finish_sample(image, mask, self.tokenizer.normalize(label), size, self.augmenter, rng)
 
     def _load_mask(self, index: int, image: Image.Image, stored_size: tuple[int, int],
                    rng: np.random.Generator) -> np.ndarray | Skipped:
@@ -199,6 +196,62 @@ class LmdbDataset(Dataset):
         if mask.shape != stored_size[::-1]:
             return Skipped(self.mask_path, index, f"mask size {mask.shape[::-1]} != image size {stored_size}")
         return mask if image.size == stored_size else resize_mask(mask, image.size)
+
+
+def finish_sample(image: Image.Image, mask: np.ndarray | None, label: str, size: tuple[int, int],
+                  augmenter: Callable | None, rng: np.random.Generator) -> Sample:
+    """Augment image and mask together (if ``augmenter``), then resize both to ``size`` = (W, H)."""
+    if augmenter is not None:
+        image, mask = augmenter(image, mask, rng)
+    image_array = np.asarray(image if image.size == size else image.resize(size, Image.BICUBIC), dtype=np.uint8)
+    if mask is not None:
+        mask = resize_mask(mask, size) if mask.shape != size[::-1] else mask.astype(np.float32)
+    return Sample(image_array, mask, label)
+
+
+SYNTH_PREFIX = "synth:"  # ``--train_data synth:N``: N crops rendered on the fly
+
+
+def synth_size(spec: str) -> int:
+    """N of a ``synth:N`` training-data spec (``synth:2e6`` and ``synth:2_000_000`` work too)."""
+    text = spec[len(SYNTH_PREFIX):] if spec.startswith(SYNTH_PREFIX) else spec
+    try:
+        size = int(float(text.replace("_", "")))
+    except ValueError as error:
+        raise ValueError(f"{spec!r}: expected synth:N with N the number of samples") from error
+    if size < 1:
+        raise ValueError(f"{spec!r}: need at least one sample")
+    return size
+
+
+class SynthDataset(Dataset):
+    """``size`` synthetic crops rendered on demand (``--train_data synth:N``): item ``i`` is sample ``i`` of
+    ``seed`` from :mod:`synth.engine` with its exact glyph mask, so a run sees the same crops whatever its
+    worker count, and endless variety for a large ``size`` without an LMDB. Training only."""
+
+    def __init__(self, size: int, seed: int, tokenizer: Tokenizer, img_size: tuple[int, int],
+                 need_masks: bool = False, augmenter: Callable | None = None, resize_first: bool = False,
+                 config: EngineConfig | None = None):
+        self.path = f"synth:{size}@{seed}"
+        self.size, self.seed, self.tokenizer = size, seed, tokenizer
+        self.img_h, self.img_w = img_size
+        self.need_masks, self.augmenter, self.resize_first = need_masks, augmenter, resize_first
+        config = config or EngineConfig()
+        longest = min(config.vocabulary.max_length, tokenizer.max_label_length - 1)  # punctuation may add one
+        self.config = replace(config, vocabulary=replace(config.vocabulary, max_length=longest))
+        self.scan_skipped: list[Skipped] = []
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, item: int, rng: np.random.Generator) -> Sample:
+        """Render sample ``item``; ``rng`` drives only the augmentation."""
+        image, mask, label = render_sample(item, self.seed, default_catalogue(), self.config)
+        size = (self.img_w, self.img_h)
+        if self.resize_first:
+            image, mask = image.resize(size, Image.BICUBIC), resize_mask(mask, size)
+        return finish_sample(image, mask if self.need_masks else None, self.tokenizer.normalize(label), size,
+                             self.augmenter, rng)
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -336,6 +336,8 @@ class Trainer:
         line = (f"[{step}/{self.config.num_iter}] loss {state.loss:.4f} valid accuracy {total.accuracy:.2f}% "
                 f"NED {total.ned:.4f} (n={total.num_samples}) | {elapsed:.0f} s, {images / elapsed:.0f} img/s"
                 + (f", {skipped.total()} corrupt samples skipped" if skipped.total() else ""))
+        if len(results) > 1:
+            line += " | " + ", ".join(f"{name} {result.accuracy:.2f}%" for name, result in results.items())
         names = ["last.pth"]
         if total.accuracy > state.best_accuracy:
             state.best_accuracy = total.accuracy

@@ -6,10 +6,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from config import Config
-from dataset import Collate, SkipTally, TrainingDraws, build_dataset_groups, make_eval_loader
+from dataset import (SYNTH_PREFIX, Collate, SkipTally, SynthDataset, TrainingDraws, build_dataset_groups,
+                     make_eval_loader, synth_size)
 from distributed import DistEnv
 from lmdb_io import find_lmdb_leaves
 from modules.augment import JointAugment
@@ -41,18 +42,27 @@ def make_train_loader(train_data: str, select_data: str, batch_ratio: str | None
     initial scan (counted on rank 0 only: every rank scans the same LMDBs).
 
     ``select_data`` is '-'-separated substrings of leaf paths under ``train_data``; ``batch_ratio`` their
-    '-'-separated shares of every batch (None: uniform sampling over the concatenation).
+    '-'-separated shares of every batch (None: uniform sampling over the concatenation). ``train_data`` =
+    ``synth:N`` renders N synthetic crops on demand instead (:class:`dataset.SynthDataset`).
     """
-    selections = select_data.split("-")
     resize_first = config.data_pipeline == "resized"
-    groups = build_dataset_groups(train_data, selections, tokenizer, config.image_size, "train", need_masks, mask_root,
-                                  make_augmenter(config), resize_first=resize_first)
+    if train_data.startswith(SYNTH_PREFIX):
+        if batch_ratio:
+            raise ValueError(f"--batch_ratio needs LMDB selections, not {train_data}")
+        selections = [train_data]
+        groups = [ConcatDataset([SynthDataset(synth_size(train_data), config.seed, tokenizer, config.image_size,
+                                              need_masks, make_augmenter(config), resize_first)])]
+    else:
+        selections = select_data.split("-")
+        groups = build_dataset_groups(train_data, selections, tokenizer, config.image_size, "train", need_masks,
+                                      mask_root, make_augmenter(config), resize_first=resize_first)
     scan = SkipTally()
     for group, selection in zip(groups, selections):
         skipped = [s for d in group.datasets for s in d.scan_skipped]
         if env.is_main:
             scan.add((s.path, s.index, s.reason) for s in skipped)
-        log(f"train data '{selection}': {len(group)} samples from {len(group.datasets)} LMDB(s)"
+        source = "rendered on the fly" if selection.startswith(SYNTH_PREFIX) else f"from {len(group.datasets)} LMDB(s)"
+        log(f"train data '{selection}': {len(group)} samples {source}"
             + (f", {len(skipped)} unreadable labels skipped" if skipped else ""))
     draws = TrainingDraws([leaf for group in groups for leaf in group.datasets], config.seed)
     global_batch = config.batch_size * env.world_size

@@ -205,5 +205,6 @@ def build_model(config: Config, tokenizer: Tokenizer | None = None) -> nn.Module
     if config.freeze_tps:
         if not isinstance(model.transformation, TPSRectifier):
             raise ValueError(f"{config.model} has no TPS rectifier to load or freeze (--tps_from)")
+        model.transformation.set_identity()  # --tps_from's weights replace it after the build
         model.transformation.freeze(statistics=config.freeze_tps_bn)
     return model

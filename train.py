@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from dataset import SYNTH_PREFIX, synth_size
 from engine import RunOptions, train
 from model import MODELS
 from tools.synth import DEMO_ROOT, build_demo_data
@@ -17,12 +18,14 @@ from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 
 #: command-line flags that set Config fields of the same name
 CONFIG_FLAGS = ("model", "batch_size", "num_iter", "lr", "grad_clip", "max_label_length", "seed", "valid_interval",
-                "save_interval", "workers", "augment", "aug_mode", "charset", "sensitive", "freeze_tps_bn")
+                "save_interval", "workers", "augment", "aug_mode", "charset", "sensitive", "freeze_tps_bn",
+                "freeze_tps")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
-    data.add_argument("--train_data", help="root of the training LMDBs (every leaf directory is one LMDB)")
+    data.add_argument("--train_data", help="root of the training LMDBs (every leaf directory is one LMDB), or "
+                                           "synth:N for N synthetic crops rendered on the fly")
     data.add_argument("--select_data", default="/",
                       help="'-'-separated substrings selecting leaves under --train_data, e.g. MJ-ST ('/' = all)")
     data.add_argument("--batch_ratio", default=None,
@@ -47,6 +50,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        "class token and transformer blocks")
     model.add_argument("--freeze_tps_bn", action="store_true", default=None,
                        help="with --tps_from: also keep the TPS BatchNorm statistics fixed (official: they update)")
+    model.add_argument("--freeze_tps", action="store_true", default=None,
+                       help="keep the TPS fixed: at --tps_from's weights, or without it at the identity warp")
+    model.add_argument("--siga_warmup", type=int,
+                       help="ramp the SIGA loss terms linearly from 0 over this many iterations (default 0: none)")
     model.add_argument("--siga_switch_iter", type=int,
                        help="iteration of the SIGA loss switch: hard-sample L_seg and λ 1.0 → 0.3 (default 20000)")
     model.add_argument("--preset", default=None, choices=["paper", "demo", "tiny"],
@@ -95,6 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--freeze_tps_bn needs --tps_from (a TPS that trains jointly keeps its BatchNorms live)")
     if args.tps_from and ((args.resume and args.resume != "auto") or args.finetune):
         parser.error("--tps_from starts a new run; --resume/--finetune already carry the TPS weights")
+    if args.train_data and args.train_data.startswith(SYNTH_PREFIX):
+        try:
+            synth_size(args.train_data)
+        except ValueError as error:
+            parser.error(str(error))
     if (args.train_data is None) != (args.valid_data is None):
         parser.error("give both --train_data and --valid_data, or neither (built-in synthetic demo data)")
     return args
@@ -104,8 +116,8 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     """The engine's options from the command line: data paths (the demo data without any), the preset
     (paper with data, demo without) and the Config fields the flags set."""
     overrides = {name: getattr(args, name) for name in CONFIG_FLAGS}
-    if args.siga_switch_iter is not None:
-        overrides["siga"] = {"switch_iter": args.siga_switch_iter}
+    siga = {"switch_iter": args.siga_switch_iter, "warmup_iters": args.siga_warmup}
+    overrides["siga"] = {name: value for name, value in siga.items() if value is not None}
     if args.tps_from:
         overrides["freeze_tps"] = True
     if args.sensitive and args.charset is None:

@@ -43,6 +43,7 @@ class SigaLossSettings:
     align_weight_late: float = 0.3
     glyph_class_weights: tuple[float, ...] | None = None  # per-slot weights of the glyph CE (SIGA_S §4.4)
     warped_mask_target: bool = True  # L_seg's target: the TPS-warped mask, or the input mask (SIGA_S bug S1)
+    warmup_iters: int = 0  # ours, not the paper's: the SIGA terms ramp linearly from 0 over this many iterations
 
 
 class AlignmentTerms(NamedTuple):
@@ -177,10 +178,17 @@ def alignment_weight(iteration: int, settings: SigaLossSettings = SigaLossSettin
     return settings.align_weight_early if iteration < settings.switch_iter else settings.align_weight_late
 
 
+def warmup_factor(iteration: int, settings: SigaLossSettings) -> float:
+    """The SIGA terms' share of their weight at ``iteration``: (iteration + 1) / warmup_iters up to 1; always 1
+    without a warm-up (the paper)."""
+    return 1.0 if settings.warmup_iters <= 0 else min(1.0, (iteration + 1) / settings.warmup_iters)
+
+
 def siga_loss_terms(warped_mask: torch.Tensor, seg_logits: torch.Tensor, attention: torch.Tensor,
                     glyph_logits_low: torch.Tensor, glyph_logits_mid: torch.Tensor, lengths: torch.Tensor,
                     iteration: int, settings: SigaLossSettings = SigaLossSettings()) -> SigaLossTerms:
-    """All SIGA losses of SPEC §4.2–4.6: L_seg + λ·L_align + L_low + L_mid (the caller adds the 7 CEs).
+    """All SIGA losses of SPEC §4.2–4.6: L_seg + λ·L_align + L_low + L_mid (the caller adds the 7 CEs), times
+    the warm-up factor (1 unless ``settings.warmup_iters``).
 
     warped_mask [B,1,H,W], seg_logits [B,2,H,W], attention [B,T,S] (model_one's, with grad), glyph logits
     [B,S+1,h,w] at the low (16×64) and mid (8×32) scales, lengths = L_b + 1.
@@ -194,7 +202,8 @@ def siga_loss_terms(warped_mask: torch.Tensor, seg_logits: torch.Tensor, attenti
         scales.append(glyph_loss(logits, labels, hard, lengths, settings.glyph_class_weights))
     low, mid = scales
     weight = alignment_weight(iteration, settings)
-    return SigaLossTerms(seg + weight * align.total + low.total + mid.total, seg, align, low, mid, weight)
+    total = (seg + weight * align.total + low.total + mid.total) * warmup_factor(iteration, settings)
+    return SigaLossTerms(total, seg, align, low, mid, weight)
 
 
 class LossResult(NamedTuple):

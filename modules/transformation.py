@@ -108,6 +108,14 @@ class TPSRectifier(nn.Module):
 
         self.frozen_statistics = False
 
+    def set_identity(self) -> None:
+        """Predict the base fiducials whatever the input (zero weight, base-fiducial bias): the identity warp,
+        so that a frozen TPS without pretrained weights passes images through unchanged (up to resampling)."""
+        fc2 = self.localization.localization_fc2
+        nn.init.zeros_(fc2.weight)
+        with torch.no_grad():
+            fc2.bias.copy_(base_fiducials(self.localization.num_fiducial).reshape(-1).to(fc2.bias.dtype))
+
     def freeze(self, statistics: bool = False) -> None:
         """Exclude every TPS parameter from training (SPEC §3.1). Its BatchNorms still follow
         ``train()`` like the official code (§7 #7) unless ``statistics`` keeps them in eval mode."""

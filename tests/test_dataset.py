@@ -181,3 +181,25 @@ def test_train_sample_matches_official_data_path_on_golden_images():
         assert np.array_equal(sample.mask, golden["masks"][row, 0].numpy()), key
         assert np.array_equal(resize_mask(golden["original_masks_uint8"][row].numpy().astype(np.int32), (128, 32)),
                               golden["masks"][row, 0].numpy())
+
+
+def test_synth_dataset_renders_on_demand_with_the_engines_masks():
+    from dataset import SynthDataset, synth_size
+    from synth.engine import render_sample
+    from synth.fonts import default_catalogue
+
+    assert synth_size("synth:2e3") == synth_size("synth:2_000") == 2000
+    for bad in ("synth:0", "synth:", "synth:many"):
+        with pytest.raises(ValueError, match="synth"):
+            synth_size(bad)
+    short = Tokenizer(load_charset("36"), max_label_length=6)
+    dataset = SynthDataset(20, seed=3, tokenizer=short, img_size=(32, 100), need_masks=True)
+    assert len(dataset) == 20 and dataset.config.vocabulary.max_length == 5  # + 1 punctuation mark <= N_max
+    rng = np.random.default_rng(0)
+    first, again = dataset.load(7, rng), dataset.load(7, np.random.default_rng(1))
+    image, mask, label = render_sample(7, 3, default_catalogue(), dataset.config)
+    assert first.label == again.label == short.normalize(label) and np.array_equal(first.image, again.image)
+    assert first.image.shape == (32, 100, 3) and first.mask.shape == (32, 100)
+    assert np.array_equal(first.mask, resize_mask(mask, (100, 32)))
+    assert all(len(dataset.load(i, rng).label) <= 6 for i in range(20))
+    assert SynthDataset(4, 3, TOKENIZER, (32, 100)).load(0, rng).mask is None  # masks only when needed

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("modules", "tools", "mask_create")
+PACKAGES = ("modules", "synth", "tools", "mask_create")
 ENTRY_POINTS = ("train", "test", "demo", "bench")
 
 #: every module of the repository and its layer; a module may import modules of its own layer or below
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("modules.*",),  # building blocks: layers, losses, augmentation, the K-means rule
-    1: ("config", "tokenizer", "utils", "lmdb_io", "distributed"),
+    1: ("config", "tokenizer", "utils", "lmdb_io", "distributed", "synth.*"),  # synth: the data engine
     2: ("dataset", "samplers", "model", "optimization"),
     3: ("checkpoint", "evaluation", "loaders"),
     4: ("inference", "benchmarks", "engine"),

@@ -9,7 +9,7 @@ import torch
 
 from golden import assert_close, assert_terms_match, golden_rows, load_golden
 from modules.losses import (SigaLossSettings, alignment_loss, alignment_weight, glyph_loss, glyph_pseudo_labels,
-                            predicted_foreground, segmentation_loss, siga_loss_terms)
+                            predicted_foreground, segmentation_loss, siga_loss_terms, warmup_factor)
 
 DTYPES = {"f32": torch.float32, "f64": torch.float64}
 RTOL = {"f32": 1e-5, "f64": 1e-10}  # golden README §7.5: loss terms on fixed tensors
@@ -26,8 +26,9 @@ def io_golden() -> dict:
     return load_golden("io.pt")
 
 
-def _terms(x: dict, iteration: int):
-    return siga_loss_terms(x["warped_mask"], x["seg_logits"], x["A"], x["G_low"], x["G_mid"], x["length"], iteration)
+def _terms(x: dict, iteration: int, settings: SigaLossSettings = DEFAULTS):
+    return siga_loss_terms(x["warped_mask"], x["seg_logits"], x["A"], x["G_low"], x["G_mid"], x["length"], iteration,
+                           settings)
 
 
 # ----------------------------------------------------------------------------------------------- golden
@@ -158,6 +159,16 @@ def test_alignment_weight_switch():
     assert alignment_weight(DEFAULTS.switch_iter) == 0.3  # "<" for λ, against ">" for L_seg
     custom = SigaLossSettings(switch_iter=10, align_weight_early=2.0, align_weight_late=0.5)
     assert (alignment_weight(9, custom), alignment_weight(10, custom)) == (2.0, 0.5)
+
+
+def test_siga_warmup_ramps_the_siga_terms_only(losses_golden):
+    assert warmup_factor(0, DEFAULTS) == warmup_factor(10**6, DEFAULTS) == 1.0  # the paper: no warm-up
+    ramp = SigaLossSettings(warmup_iters=4)
+    assert [warmup_factor(i, ramp) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    golden = losses_golden["B3"]
+    x = golden_rows(losses_golden, golden["rows"], torch.float64)
+    full, ramped = _terms(x, 1), _terms(x, 1, ramp)
+    assert torch.allclose(ramped.total, full.total * 0.5) and torch.equal(ramped.seg, full.seg)
 
 
 def test_settings_defaults():

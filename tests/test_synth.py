@@ -1,7 +1,10 @@
-"""The built-in synthetic word generator: word list, determinism, glyph masks, LMDB layout, demo data."""
+"""The synthetic LMDB writer (tools/synth.py) on top of synth.engine: the shipped word list, LMDB layout and
+worker-count independence, interrupted and protected writes, the demo data and its stamp, --set and the CLI."""
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
 import subprocess
 import sys
@@ -13,13 +16,21 @@ from PIL import Image
 
 from golden import require
 from lmdb_io import MASK_KEY, open_lmdb, read_num_samples
+from synth.engine import ENGINE_VERSION, EngineConfig, render_sample
+from synth.fonts import FontCatalogue, discover_fonts
+from synth.vocabulary import WORDS_FILE, VocabularyConfig
 from tools import synth
-from tools.synth import SynthConfig, build_demo_data, find_fonts, render_sample, write_synth_lmdb
+from tools.synth import (STAMP_FILE, VAL_SEED_OFFSET, build_demo_data, main, parse_engine_settings,
+                         write_synth_lmdb)
 
 REPO = Path(__file__).resolve().parents[1]
 IIIT5K = REPO.parent / "shared" / "data" / "IIIT5k_train_2000"
-FONTS = find_fonts()
-CONFIG = SynthConfig()
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> FontCatalogue:
+    """The faces write_synth_lmdb draws from by default (every discovered face)."""
+    return FontCatalogue(discover_fonts())
 
 
 def lmdb_items(path: Path) -> dict[bytes, bytes]:
@@ -36,11 +47,14 @@ def decode_png(raw: bytes) -> np.ndarray:
 
 
 def test_words_file_is_small_clean_and_one_word_per_line():
-    assert synth.WORDS_FILE.stat().st_size <= 1 << 20
-    lines = synth.WORDS_FILE.read_text(encoding="utf-8").splitlines()
+    assert WORDS_FILE == REPO / "synth" / "words.txt"
+    assert WORDS_FILE.stat().st_size <= 1 << 20
+    lines = WORDS_FILE.read_text(encoding="utf-8").splitlines()
     assert 10_000 <= len(lines) <= 30_000
-    assert len(set(w.lower() for w in lines)) == len(lines)
-    assert all(re.fullmatch(r"[0-9A-Za-z]{2,25}", w) for w in lines)
+    assert len(set(lines)) == len(lines)
+    # the provenance rule: 2-15 lowercase ASCII letters with a vowel and no letter tripled
+    assert all(re.fullmatch(r"[a-z]{2,15}", w) for w in lines)
+    assert all(re.search(r"[aeiouy]", w) and not re.search(r"(.)\1\1", w) for w in lines)
 
 
 def test_words_are_disjoint_from_iiit5k_train_labels():
@@ -52,45 +66,12 @@ def test_words_are_disjoint_from_iiit5k_train_labels():
             held_out = {txn.get(b"label-%09d" % i).decode().lower() for i in range(1, count + 1)}
     finally:
         env.close()
-    words = {w.lower() for w in synth.WORDS_FILE.read_text(encoding="utf-8").split()}
+    words = {w.lower() for w in WORDS_FILE.read_text(encoding="utf-8").split()}
     assert count == 2000 and not words & held_out
 
 
-def test_render_sample_is_a_pure_function_of_seed_and_index():
-    for index in (0, 7, 123):
-        first, second = render_sample(index, 5, FONTS, CONFIG), render_sample(index, 5, FONTS, CONFIG)
-        assert first[2] == second[2]
-        assert np.asarray(first[0]).tobytes() == np.asarray(second[0]).tobytes()
-        assert np.array_equal(first[1], second[1])
-    assert synth._encoded_sample(3, 5, FONTS, CONFIG) == synth._encoded_sample(3, 5, FONTS, CONFIG)
-    others = [np.asarray(render_sample(i, 6, FONTS, CONFIG)[0]) for i in (0, 7)]
-    assert not any(np.array_equal(o, np.asarray(render_sample(i, 5, FONTS, CONFIG)[0])) for o, i in zip(others, (0, 7)))
-
-
-def test_masks_cover_the_glyphs_and_labels_are_valid():
-    for index in range(40):
-        image, mask, label = render_sample(index, 11, FONTS, CONFIG)
-        pixels = np.asarray(image, np.float32)
-        assert image.mode == "RGB" and mask.dtype == np.uint8 and mask.shape == pixels.shape[:2]
-        assert CONFIG.min_height <= image.height <= CONFIG.max_height
-        assert set(np.unique(mask)) == {0, 1}
-        foreground, background = pixels[mask == 1].mean(0), pixels[mask == 0].mean(0)
-        assert np.linalg.norm(foreground - background) > 30, (index, label)
-        assert re.fullmatch(r"[0-9A-Za-z]{1,25}", label)
-
-
-def test_random_fraction_zero_gives_dictionary_words_in_three_cases():
-    words = set(synth.load_words())
-    labels = [render_sample(i, 2, FONTS, SynthConfig(random_fraction=0.0))[2] for i in range(60)]
-    assert all(label.lower() in words for label in labels)
-    assert {"lower", "upper", "title"} <= {"lower" if l.islower() else "upper" if l.isupper() else "title"
-                                          for l in labels}
-    with pytest.raises(ValueError):
-        SynthConfig(random_fraction=1.5)
-
-
-def test_lmdb_layout_and_same_bytes_for_any_worker_count(tmp_path):
-    count = 50
+def test_lmdb_layout_and_same_bytes_for_any_worker_count(tmp_path, catalogue):
+    count = 40
     write_synth_lmdb(tmp_path / "w1", tmp_path / "w1_mask", count, seed=3, workers=1, progress=False)
     write_synth_lmdb(tmp_path / "w2", tmp_path / "w2_mask", count, seed=3, workers=2, progress=False)
     images, masks = lmdb_items(tmp_path / "w1"), lmdb_items(tmp_path / "w1_mask")
@@ -101,12 +82,27 @@ def test_lmdb_layout_and_same_bytes_for_any_worker_count(tmp_path):
         label = images[b"label-%09d" % index].decode()
         image = Image.open(io.BytesIO(images[b"image-%09d" % index]))
         mask = decode_png(masks[(MASK_KEY % index).encode()])
-        assert label and len(label) <= 25 and image.format == "JPEG"
+        assert label and len(label) <= EngineConfig().vocabulary.max_length + 1
+        assert image.format == "JPEG" and image.mode == "RGB"
         assert mask.shape == (image.height, image.width) and set(np.unique(mask)) == {0, 1}
-    first_image, first_mask, first_label = render_sample(0, 3, FONTS, CONFIG)
-    assert images[b"label-000000001"].decode() == first_label
-    assert np.array_equal(decode_png(masks[b"mask-000000001"]), first_mask)
-    assert not list(tmp_path.glob(".*partial"))
+    # sample i of the LMDB is render_sample(i - 1, seed): same label, same mask, the image after JPEG q=95
+    for index in (0, count - 1):
+        image, mask, label = render_sample(index, 3, catalogue, EngineConfig())
+        key = index + 1
+        assert images[b"label-%09d" % key].decode() == label
+        assert np.array_equal(decode_png(masks[(MASK_KEY % key).encode()]), mask)
+        stored = np.asarray(Image.open(io.BytesIO(images[b"image-%09d" % key])), np.float32)
+        assert np.abs(stored - np.asarray(image, np.float32)).mean() < 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w1", "w1_mask", "w2", "w2_mask"]  # no partials left
+
+
+def test_config_changes_what_is_written(tmp_path):
+    config = EngineConfig(min_height=20, max_height=22, vocabulary=VocabularyConfig(max_length=4))
+    write_synth_lmdb(tmp_path / "db", tmp_path / "db_mask", 12, seed=1, workers=1, config=config, progress=False)
+    images = lmdb_items(tmp_path / "db")
+    for index in range(1, 13):
+        assert len(images[b"label-%09d" % index].decode()) <= 5
+        assert 20 <= Image.open(io.BytesIO(images[b"image-%09d" % index])).height <= 22
 
 
 def test_interrupted_write_leaves_nothing_and_existing_output_is_protected(tmp_path, monkeypatch):
@@ -124,33 +120,119 @@ def test_interrupted_write_leaves_nothing_and_existing_output_is_protected(tmp_p
     monkeypatch.setattr(synth, "render_sample", original)
 
     write_synth_lmdb(tmp_path / "db", tmp_path / "db_mask", 4, seed=0, workers=1, progress=False)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="overwrite"):
         write_synth_lmdb(tmp_path / "db", tmp_path / "db_mask", 3, seed=1, workers=1, progress=False)
+    assert lmdb_items(tmp_path / "db")[b"num-samples"] == b"4"
     write_synth_lmdb(tmp_path / "db", tmp_path / "db_mask", 3, seed=1, workers=1, progress=False, overwrite=True)
     assert lmdb_items(tmp_path / "db")[b"num-samples"] == b"3" and len(lmdb_items(tmp_path / "db")) == 7
+    assert lmdb_items(tmp_path / "db_mask")[b"num-samples"] == b"3"
+
+    # an existing directory that is not an LMDB is never replaced, even with overwrite
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an LMDB"):
+        write_synth_lmdb(tmp_path / "notes", tmp_path / "notes_mask", 2, seed=0, workers=1, progress=False,
+                         overwrite=True)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    with pytest.raises(ValueError):
+        write_synth_lmdb(tmp_path / "same", tmp_path / "same", 2, seed=0, workers=1, progress=False)
+    with pytest.raises(ValueError):
+        write_synth_lmdb(tmp_path / "zero", tmp_path / "zero_mask", 0, seed=0, workers=1, progress=False)
 
 
-def test_build_demo_data_creates_splits_once(tmp_path):
-    paths = build_demo_data(tmp_path / "demo", num_train=12, num_val=6, seed=4, workers=1)
+def demo_counts(paths: dict[str, Path]) -> tuple[int, int]:
+    return tuple(int(lmdb_items(paths[f"{split}_images"])[b"num-samples"]) for split in ("train", "val"))
+
+
+def test_build_demo_data_creates_splits_once_and_rebuilds_on_a_new_stamp(tmp_path, catalogue):
+    root = tmp_path / "demo"
+    paths = build_demo_data(root, num_train=12, num_val=6, seed=4, workers=1, log=lambda message: None)
     for split, count in (("train", 12), ("val", 6)):
-        assert paths[f"{split}_images"] == tmp_path / "demo" / "images" / split
-        assert paths[f"{split}_masks"] == tmp_path / "demo" / "masks" / split
+        assert paths[f"{split}_images"] == root / "images" / split
+        assert paths[f"{split}_masks"] == root / "masks" / split
         assert lmdb_items(paths[f"{split}_images"])[b"num-samples"] == str(count).encode()
         assert lmdb_items(paths[f"{split}_masks"])[b"num-samples"] == str(count).encode()
+    assert paths["images"] == root / "images" and paths["masks"] == root / "masks"
+    assert json.loads((root / STAMP_FILE).read_text()) == {"engine": ENGINE_VERSION, "num_train": 12,
+                                                           "num_val": 6, "seed": 4}
     train, val = lmdb_items(paths["train_images"]), lmdb_items(paths["val_images"])
-    assert not {v for k, v in train.items() if k.startswith(b"image-")} & {v for k, v in val.items()
-                                                                           if k.startswith(b"image-")}
-    stamp = (paths["train_images"] / "data.mdb").stat().st_mtime_ns
-    build_demo_data(tmp_path / "demo", num_train=12, num_val=6, seed=4, workers=1)
-    assert (paths["train_images"] / "data.mdb").stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in (tmp_path / "demo" / "images").iterdir()) == ["train", "val"]
+    assert train[b"label-000000001"].decode() == render_sample(0, 4, catalogue, EngineConfig())[2]
+    assert val[b"label-000000001"].decode() == render_sample(0, 4 + VAL_SEED_OFFSET, catalogue, EngineConfig())[2]
+    assert not ({v for k, v in train.items() if k.startswith(b"image-")}
+                & {v for k, v in val.items() if k.startswith(b"image-")})
+
+    # the same request again: nothing is rewritten
+    built = (paths["train_images"] / "data.mdb").stat().st_mtime_ns
+    messages = []
+    build_demo_data(root, num_train=12, num_val=6, seed=4, workers=1, log=messages.append)
+    assert (paths["train_images"] / "data.mdb").stat().st_mtime_ns == built and messages == []
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["train", "val"]
+
+    # another size, or a stamp from another engine version, or a missing split: rebuilt
+    build_demo_data(root, num_train=8, num_val=6, seed=4, workers=1, log=messages.append)
+    assert demo_counts(paths) == (8, 6) and len(messages) == 2
+    assert json.loads((root / STAMP_FILE).read_text())["num_train"] == 8
+    stamp = json.loads((root / STAMP_FILE).read_text())
+    (root / STAMP_FILE).write_text(json.dumps({**stamp, "engine": ENGINE_VERSION + "-old"}))
+    build_demo_data(root, num_train=8, num_val=6, seed=4, workers=1, log=messages.append)
+    assert len(messages) == 4 and json.loads((root / STAMP_FILE).read_text())["engine"] == ENGINE_VERSION
+    for leftover in (root / "masks" / "val").iterdir():
+        leftover.unlink()
+    build_demo_data(root, num_train=8, num_val=6, seed=4, workers=1, log=messages.append)
+    assert len(messages) == 6 and demo_counts(paths) == (8, 6)
+    assert lmdb_items(paths["val_masks"])[b"num-samples"] == b"6"
 
 
-def test_cli_writes_image_and_default_mask_lmdb(tmp_path):
+def test_parse_engine_settings():
+    config = parse_engine_settings(["p_blur=0", "max_height=48", "font_scale=(0.5, 0.7)",
+                                    "vocabulary.max_length=10", "vocabulary.balance_lengths=False"])
+    assert config.p_blur == 0 and config.max_height == 48 and config.font_scale == (0.5, 0.7)
+    assert config.vocabulary.max_length == 10 and config.vocabulary.balance_lengths is False
+    assert config.p_noise == EngineConfig().p_noise and config.vocabulary.min_length == 1
+    assert parse_engine_settings([]) == EngineConfig()
+    for bad, field in (("p_nonexistent=1", "p_nonexistent"), ("vocabulary.colour=1", "colour"),
+                       ("p_blur=1.5", "p_blur"), ("p_blur", "p_blur"), ("p_blur=fast", "p_blur"),
+                       ("vocabulary.min_length=0", "min_length")):
+        with pytest.raises(ValueError, match=field):
+            parse_engine_settings([bad])
+
+
+def test_cli_writes_image_and_default_mask_lmdb(tmp_path, catalogue):
     out = tmp_path / "cli"
+    settings = ["--set", "vocabulary.max_length=5", "--set", "p_natural_background=0"]
     result = subprocess.run([sys.executable, "-m", "tools.synth", "--out", str(out), "--num", "5", "--workers", "1",
-                             "--seed", "9", "--random_fraction", "0.5"], cwd=REPO, capture_output=True, text=True)
+                             "--seed", "9", *settings], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
+    assert f"images: {out}" in result.stdout and f"masks: {out}_mask" in result.stdout
     images, masks = lmdb_items(out), lmdb_items(tmp_path / "cli_mask")
     assert images[b"num-samples"] == masks[b"num-samples"] == b"5"
-    assert images[b"label-000000005"].decode() == render_sample(4, 9, FONTS, SynthConfig(random_fraction=0.5))[2]
+    config = parse_engine_settings(["vocabulary.max_length=5", "p_natural_background=0"])
+    for index in range(5):
+        label = images[b"label-%09d" % (index + 1)].decode()
+        assert label == render_sample(index, 9, catalogue, config)[2] and len(label) <= 6
+    assert render_sample(4, 9, catalogue, config)[2] == images[b"label-000000005"].decode()
+
+
+@pytest.mark.parametrize("setting, field", [("p_nonexistent=1", "p_nonexistent"), ("p_blur=2", "p_blur"),
+                                            ("max_height", "max_height"), ("p_jpeg=often", "p_jpeg"),
+                                            ("vocabulary.max_length=0", "max_length")])
+def test_cli_rejects_a_bad_set_with_a_usage_error(tmp_path, capsys, setting, field):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(tmp_path / "db"), "--num", "2", "--workers", "1", "--set", setting])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "usage:" in error and field in error
+    assert not (tmp_path / "db").exists()
+
+
+def test_cli_needs_an_output_and_passes_demo_options(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--num", "2"])
+    assert exit_.value.code == 2 and "--out" in capsys.readouterr().err
+    calls = []
+    monkeypatch.setattr(synth, "build_demo_data", lambda root, **kwargs: calls.append((root, kwargs)) or
+                        {"train_images": Path(root) / "images" / "train"})
+    main(["--demo_root", str(tmp_path / "demo"), "--num", "30", "--seed", "2", "--workers", "1"])
+    assert calls == [(str(tmp_path / "demo"), {"num_train": 30, "seed": 2, "workers": 1})]
+    assert f"train_images: {tmp_path / 'demo' / 'images' / 'train'}" in capsys.readouterr().out

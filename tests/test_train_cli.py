@@ -181,3 +181,21 @@ def test_siga_t_train_resume_test_demo(data, tmp_path):
     run_test_and_demo(checkpoint, "SIGA_T", data, tmp_path)
     tps = run_train(*common_args(data, tmp_path), "--model", "SIGA_T", "--tps_from", str(checkpoint), cwd=tmp_path)
     assert tps.returncode != 0 and "has no TPS rectifier" in tps.stderr
+
+
+def test_siga_r_on_the_fly_synth_with_identity_tps_and_warmup(data, tmp_path):
+    """``--train_data synth:N`` renders crops (with their masks) on the fly; ``--freeze_tps`` without
+    ``--tps_from`` keeps the identity warp; ``--siga_warmup`` is stored in the run's config."""
+    run = run_train("--train_data", "synth:64", "--valid_data", str(data / "val"), "--saved_dir", str(tmp_path),
+                    "--model", "SIGA_R", "--num_iter", "2", "--valid_interval", "2", "--exp_name", "fly",
+                    "--freeze_tps", "--siga_warmup", "10", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "train data 'synth:64': 64 samples rendered on the fly" in run.stdout
+    assert "K-means" not in run.stderr  # the engine's own glyph masks were used
+    checkpoint = load_checkpoint(tmp_path / "fly" / "last.pth")
+    assert checkpoint["config"]["freeze_tps"] and checkpoint["config"]["siga"]["warmup_iters"] == 10
+    fc2_bias = checkpoint["model"]["transformation.localization.localization_fc2.bias"].view(-1, 2)
+    assert torch.allclose(fc2_bias[0], torch.tensor([-1.0, -1.0])) and torch.allclose(fc2_bias[-1], torch.ones(2))
+    bad = run_train("--train_data", "synth:lots", "--valid_data", str(data / "val"), "--saved_dir", str(tmp_path),
+                    cwd=tmp_path)
+    assert bad.returncode != 0 and "expected synth:N" in bad.stderr

@@ -1,0 +1,1 @@
+"""Synthetic word-image engine: fonts, vocabulary, rendering, backgrounds and corruptions."""
