@@ -26,7 +26,7 @@ from synth.vocabulary import VocabularyConfig, sample_label
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 #: bumped whenever a seed's output changes, so stored demo data built by an older engine is rebuilt
-ENGINE_VERSION = "5"
+ENGINE_VERSION = "6"
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class EngineConfig:
 
     vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
     p_clean: float = 0.3  # a plain sample: flat procedural background, no decoration, distortion or corruption
+    clean_font_sources: tuple[str, ...] = ("matplotlib",)  # a plain sample's faces (empty: every face)
+    plain: bool = False  # set by clean(): this sample is a plain one
     min_height: int = 32  # output crop height, uniform in [min_height, max_height]
     max_height: int = 64
     font_scale: tuple[float, float] = (0.6, 0.9)  # font size / canvas height before geometry
@@ -91,10 +93,12 @@ class EngineConfig:
     jpeg_quality: tuple[int, int] = (25, 90)
 
     def clean(self) -> "EngineConfig":
-        """This config with every optional step off (rotation, perspective, fonts and typesetting stay): the
-        easy samples a short run bootstraps its attention alignment on."""
+        """This config with every optional step off and, for the glyphs, only the faces of
+        ``clean_font_sources`` (rotation, perspective and tracking stay): the easy samples on which a short run
+        learns its attention alignment before the varied ones teach it to read real photos."""
         kept = {"p_clean", "p_tracking"}
-        return replace(self, **{name: 0.0 for name in vars(self) if name.startswith("p_") and name not in kept})
+        return replace(self, plain=True,
+                       **{name: 0.0 for name in vars(self) if name.startswith("p_") and name not in kept})
 
     def __post_init__(self) -> None:
         bad = [name for name, value in vars(self).items() if name.startswith("p_") and not 0.0 <= value <= 1.0]
@@ -147,6 +151,8 @@ def _word_ink(rng: np.random.Generator, label: str, catalogue: FontCatalogue, si
     faces = catalogue.covering(label)
     if not faces:
         raise ValueError(f"no font covers every character of {label!r}")
+    if config.plain and config.clean_font_sources:
+        faces = tuple(face for face in faces if face.source in config.clean_font_sources) or faces
     face = _pick_face(rng, faces)
     if is_caps_only(face):
         label = label.upper()
