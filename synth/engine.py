@@ -19,12 +19,12 @@ import numpy as np
 from PIL import Image
 
 from synth import backgrounds, degrade, geometry
+from synth.degrade import LUMA
 from synth.fonts import FontCatalogue, FontFace, is_caps_only, load_font
 from synth.text_layer import (GlyphPlacement, InkLayers, border_layer, draw_glyphs, extrusion_layer, ink_bounds,
                               shadow_layer, underline_layer)
 from synth.vocabulary import VocabularyConfig, sample_label
 
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 #: bumped whenever a seed's output changes, so stored demo data built by an older engine is rebuilt
 ENGINE_VERSION = "6"
 
@@ -139,7 +139,7 @@ def _by_family(faces: tuple[FontFace, ...]) -> tuple[tuple[FontFace, ...], ...]:
 def _pick_face(rng: np.random.Generator, faces: tuple[FontFace, ...]) -> FontFace:
     """A family uniformly, then one of its faces: a family shipped as 18 static files is not drawn 18 times
     as often as one shipped as a single variable font."""
-    families = _by_family(tuple(faces))
+    families = _by_family(faces)
     members = families[int(rng.integers(len(families)))]
     return members[int(rng.integers(len(members)))]
 
@@ -223,7 +223,8 @@ def _geometry(rng: np.random.Generator, layers: list[np.ndarray], config: Engine
     size = geometry.output_size(matrix, height, width)
     layers = geometry.warp_layers(layers, matrix, size, [cv2.BORDER_CONSTANT] * len(layers))
     if rng.random() < config.p_elastic:
-        text_height = ink_bounds(layers[0])[1] - ink_bounds(layers[0])[0]
+        top, bottom, _, _ = ink_bounds(layers[0])
+        text_height = bottom - top
         map_x, map_y = geometry.elastic_field(rng, *layers[0].shape, config.elastic_alpha_fraction * text_height,
                                               max(config.elastic_sigma_fraction * text_height, 1.0))
         layers = geometry.remap_layers(layers, map_x, map_y, [cv2.BORDER_CONSTANT] * len(layers))

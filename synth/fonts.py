@@ -350,20 +350,6 @@ class FontCatalogue(Sequence[FontFace]):
 
 
 @lru_cache(maxsize=8)
-def _catalogue_for(faces: tuple[FontFace, ...]) -> FontCatalogue:
-    """A catalogue per distinct face list, so repeated ``faces_covering`` calls reuse precomputed cmaps."""
-    return FontCatalogue(faces)
-
-
-def faces_covering(text: str, faces: Sequence[FontFace]) -> list[FontFace]:
-    """The faces whose cmap covers every non-space character of ``text`` (so the word is never drawn as tofu).
-
-    Pass a ``FontCatalogue`` in hot loops; a plain sequence is wrapped in a cached catalogue (hashing it costs
-    a pass over the faces per call)."""
-    catalogue = faces if isinstance(faces, FontCatalogue) else _catalogue_for(tuple(faces))
-    return list(catalogue.covering(text))
-
-
 @lru_cache(maxsize=4096)
 def _cached_font(path: str, size: int) -> ImageFont.FreeTypeFont:
     """One FreeType object per (file, size): opening a font costs far more than drawing a word with it."""

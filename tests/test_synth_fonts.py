@@ -14,7 +14,7 @@ from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw
 
 import synth.fonts as fonts
-from synth.fonts import (CATEGORIES, FontCatalogue, FontFace, covered_characters, discover_fonts, faces_covering,
+from synth.fonts import (CATEGORIES, FontCatalogue, FontFace, covered_characters, discover_fonts,
                          font_table, load_font, markdown_font_table)
 
 DEJAVU = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
@@ -114,19 +114,18 @@ def test_unparseable_file_raises_and_is_skipped(tmp_path: Path) -> None:
         discover_fonts(tmp_path)
 
 
-def test_faces_covering_excludes_faces_lacking_a_character(partial_font: Path, faces: list[FontFace]) -> None:
+def test_catalogue_covering_excludes_faces_lacking_a_character(partial_font: Path, faces: list[FontFace]) -> None:
     partial = FontFace(str(partial_font), "Partial", "regular", "sans", "user", "test")
     candidates = [*faces[:20], partial]
-    assert partial in faces_covering("abc 123", candidates)
-    without = faces_covering("xyz", candidates)
-    assert partial not in without and without == faces[:20]
-    assert faces_covering("A" + UNASSIGNED, candidates) == []
-    assert faces_covering(" \t\n", candidates) == candidates
     catalogue = FontCatalogue(candidates)
-    assert list(catalogue.covering("xyz")) == without and list(catalogue.covering("xyz")) == without
+    assert partial in catalogue.covering("abc 123")
+    without = list(catalogue.covering("xyz"))
+    assert partial not in without and without == faces[:20]
+    assert list(catalogue.covering("xyz")) == without  # the cached answer
+    assert list(catalogue.covering("A" + UNASSIGNED)) == []
+    assert list(catalogue.covering(" \t\n")) == candidates
     assert len(catalogue) == len(candidates) and catalogue[-1] == partial and list(catalogue) == candidates
-    assert faces_covering("xyz", catalogue) == without
-    euro = faces_covering("€5", faces)
+    euro = FontCatalogue(faces).covering("€5")
     assert euro and all("€" in covered_characters(face.path) for face in euro)
 
 
