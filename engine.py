@@ -4,6 +4,7 @@ logging (console, log.txt, TensorBoard) and checkpoints.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import signal
@@ -25,14 +26,14 @@ from dataset import Batch, SkipTally
 from distributed import DistEnv, barrier, cleanup, gather_objects, gather_rows, setup, sum_across_ranks
 from evaluation import EvalResult, evaluate, weighted_total
 from lmdb_io import DataSourceError
-from loaders import make_eval_loaders, make_train_loader
+from loaders import curriculum_batches, make_eval_loaders, make_train_loader
 from model import build_model
 from modules.losses import LossResult, training_loss
 from modules.outputs import to_float32
 from modules.sync_batchnorm import convert_sync_batchnorm
 from optimization import build_optimizer, build_scheduler
 from tokenizer import Tokenizer
-from utils import (AMP_DTYPES, autocast, capture_rng_state, configure_determinism, restore_rng_state,
+from utils import (AMP_DTYPES, autocast, capture_rng_state, configure_determinism, resolve_amp, restore_rng_state,
                    seed_everything, use_channels_last)
 
 
@@ -45,6 +46,8 @@ class RunOptions:
     select_data: str = "/"
     batch_ratio: str | None = None
     mask_root: str | None = None
+    curriculum_data: str | None = None  # read for the first Config.curriculum_iters iterations (all its leaves)
+    curriculum_mask_root: str | None = None
     preset: str = "paper"
     saved_dir: str = "saved_models"
     exp_name: str | None = None
@@ -415,7 +418,8 @@ def prepare_trainer(options: RunOptions, env: DistEnv) -> tuple[Trainer, dict | 
         channels_last = use_channels_last(model, options.channels_last, env.device, training=True)
     except ValueError as error:
         raise SystemExit(f"error: --channels_last on: {error}") from None
-    trainer = Trainer(model, config, tokenizer, env, AMP_DTYPES[options.amp], options.sync_bn, options.run_dir(config),
+    amp = resolve_amp(options.amp, env.device)
+    trainer = Trainer(model, config, tokenizer, env, AMP_DTYPES[amp], options.sync_bn, options.run_dir(config),
                       options.keep_last)
     if checkpoint is not None:
         trainer.load_state(checkpoint)
@@ -425,8 +429,32 @@ def prepare_trainer(options: RunOptions, env: DistEnv) -> tuple[Trainer, dict | 
     parameters = sum(p.numel() for p in model.parameters())
     log(env, f"model {config.model}: {parameters:,} parameters ({sum(p.numel() for p in trainer.trainable):,} "
              f"trainable); {env.world_size} process(es) × batch {config.batch_size} on {env.device}, amp "
-             f"{options.amp}, {'channels_last' if channels_last else 'NCHW'}; run dir {trainer.run_dir}")
+             f"{amp}{' (auto)' if options.amp == 'auto' else ''}, {'channels_last' if channels_last else 'NCHW'}; "
+             f"run dir {trainer.run_dir}")
     return trainer, checkpoint
+
+
+def make_training_batches(options: RunOptions, config: Config, trainer: Trainer, env: DistEnv,
+                          start: int) -> tuple[Iterator[Batch], SkipTally]:
+    """This rank's training batches from iteration ``start`` on: the curriculum data (every leaf) for the first
+    ``config.curriculum_iters`` iterations, then the training data; and the labels their scans skipped."""
+    until = config.curriculum_iters
+    if bool(until) != bool(options.curriculum_data):
+        raise SystemExit(f"error: a curriculum needs both its data (--curriculum_data, given: "
+                         f"{options.curriculum_data}) and its length (--curriculum_iters, {until})")
+    logger = functools.partial(log, env)
+    loader, scan_skipped = make_train_loader(
+        options.train_data, options.select_data, options.batch_ratio, options.mask_root, config, trainer.tokenizer,
+        trainer.model.needs_masks, env, max(0, start - until), logger)
+    first = None
+    if start < until:
+        first, first_skipped = make_train_loader(options.curriculum_data, "/", None, options.curriculum_mask_root,
+                                                 config, trainer.tokenizer, trainer.model.needs_masks, env, start,
+                                                 logger)
+        scan_skipped = SkipTally.merged([first_skipped, scan_skipped])
+        log(env, f"curriculum: iterations {start}–{until - 1} read {options.curriculum_data}, "
+                 f"then {options.train_data}")
+    return curriculum_batches(first, until, loader, start), scan_skipped
 
 
 def run(options: RunOptions, env: DistEnv) -> dict:
@@ -434,12 +462,12 @@ def run(options: RunOptions, env: DistEnv) -> dict:
     trainer, checkpoint = prepare_trainer(options, env)
     config = trainer.config
     start = checkpoint["iteration"] if checkpoint else 0
-    loader, scan_skipped = make_train_loader(
-        options.train_data, options.select_data, options.batch_ratio, options.mask_root, config, trainer.tokenizer,
-        trainer.model.needs_masks, env, start, lambda message: log(env, message))
+    batches, scan_skipped = make_training_batches(options, config, trainer, env, start)
     valid_loaders = make_eval_loaders(options.valid_data, config, trainer.tokenizer, env)
-    state = trainer.fit(iter(loader), valid_loaders, start,
-                        checkpoint.get("best_accuracy", -1.0) if checkpoint else -1.0, options.train_data, scan_skipped)
+    data_name = (f"{options.curriculum_data} then {options.train_data}" if config.curriculum_iters
+                 else options.train_data)
+    state = trainer.fit(batches, valid_loaders, start,
+                        checkpoint.get("best_accuracy", -1.0) if checkpoint else -1.0, data_name, scan_skipped)
     skipped = trainer.all_skipped(state)
     if skipped.total():
         trainer.run_log.line(f"corrupt samples skipped per LMDB:\n{skipped.report()}")

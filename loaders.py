@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from config import Config
-from dataset import (SYNTH_PREFIX, Collate, SkipTally, SynthDataset, TrainingDraws, build_dataset_groups,
+from dataset import (SYNTH_PREFIX, Batch, Collate, SkipTally, SynthDataset, TrainingDraws, build_dataset_groups,
                      make_eval_loader, synth_size)
 from distributed import DistEnv
 from lmdb_io import find_lmdb_leaves
@@ -80,6 +80,21 @@ def make_train_loader(train_data: str, select_data: str, batch_ratio: str | None
                         pin_memory=env.device.type == "cuda",
                         generator=torch.Generator().manual_seed(config.seed + env.rank))
     return loader, scan
+
+
+def curriculum_batches(first: DataLoader | None, until: int, then: DataLoader, start: int) -> Iterator[Batch]:
+    """The batches of iterations ``start``… of a run that reads ``first`` (e.g. plain crops, so that the attention
+    decoder aligns on easy text) for its first ``until`` iterations and ``then`` afterwards. Each loader's sampler
+    already starts at its own position; ``then``'s workers start only when its phase begins."""
+    if start < until:
+        if first is None:
+            raise ValueError(f"iteration {start} is in the curriculum phase (< {until}) but no curriculum data "
+                             "was given")
+        batches = iter(first)
+        for _ in range(start, until):
+            yield next(batches)
+        del batches  # stops the first phase's workers
+    yield from then
 
 
 def make_eval_loaders(root: str, config: Config, tokenizer: Tokenizer, env: DistEnv) -> dict[str, DataLoader]:

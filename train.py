@@ -1,25 +1,27 @@
 """Train a recognition model on LMDB data (SPEC §5), in one process or many (torchrun).
 
 With no data arguments it builds the built-in synthetic set under ``data/synth_demo`` (if absent)
-and trains the ``demo`` preset, sized for a 2-core CPU.
+and trains the ``demo`` preset, sized for a 2-core CPU; ``--preset cpu`` also builds the full-variety set
+under ``data/synth_cpu`` and trains on the plain crops first, then on the varied ones.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 import torch
 
 from dataset import SYNTH_PREFIX, synth_size
 from engine import RunOptions, train
 from model import MODELS
-from tools.synth import DEMO_ROOT, build_demo_data
+from tools.synth import CPU_ENGINE, CPU_ROOT, CPU_TRAIN_SIZE, DEMO_ROOT, build_demo_data
 from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 
 #: command-line flags that set Config fields of the same name
 CONFIG_FLAGS = ("model", "batch_size", "num_iter", "lr", "grad_clip", "max_label_length", "seed", "valid_interval",
                 "save_interval", "workers", "augment", "aug_mode", "charset", "sensitive", "freeze_tps_bn",
-                "freeze_tps")
+                "freeze_tps", "curriculum_iters")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +35,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                            "sampling over the concatenation, as the official SIGA_R)")
     data.add_argument("--valid_data", help="root of the validation LMDBs (each leaf scored, then the weighted total)")
     data.add_argument("--mask_root", help="root of the mask LMDBs mirroring --train_data (default: K-means on the fly)")
+    data.add_argument("--curriculum_data", help="easier training data (LMDB root or synth:N) read for the first "
+                                                "--curriculum_iters iterations, e.g. plain crops the decoder aligns on")
+    data.add_argument("--curriculum_mask_root", help="mask LMDBs mirroring --curriculum_data")
+    data.add_argument("--curriculum_iters", type=int, help="length of the curriculum phase (default 0: none)")
     data.add_argument("--no_aug", dest="augment", action="store_false", default=None, help="disable augmentation")
     data.add_argument("--aug_mode", choices=["sample", "fixed"], help="per-sample draws, or the official fixed draw")
     data.add_argument("--workers", type=int)
@@ -56,8 +62,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="ramp the SIGA loss terms linearly from 0 over this many iterations (default 0: none)")
     model.add_argument("--siga_switch_iter", type=int,
                        help="iteration of the SIGA loss switch: hard-sample L_seg and λ 1.0 → 0.3 (default 20000)")
-    model.add_argument("--preset", default=None, choices=["paper", "demo", "tiny"],
-                       help="size/schedule preset (default: paper with data arguments, demo without)")
+    model.add_argument("--preset", default=None, choices=["paper", "demo", "cpu", "tiny"],
+                       help="size/schedule preset (default: paper with data arguments, demo without); without "
+                            "data arguments, demo trains on the plain built-in crops and cpu on plain then varied ones")
     model.add_argument("--batch_size", type=int, help="per-process batch size")
     model.add_argument("--num_iter", type=int, help="number of optimiser steps")
     model.add_argument("--lr", type=float, help="(peak) learning rate of the schedule")
@@ -78,8 +85,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--keep_last", type=int, default=5,
                      help="keep the newest K periodic snapshots iter_<N>.pth (0 = keep all)")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--amp", choices=sorted(AMP_DTYPES), default="off",
-                     help="mixed precision: autocast to bf16 (CPU or CUDA) or fp16 (with gradient scaling)")
+    run.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="auto",
+                     help="mixed precision: autocast to bf16 (CPU or CUDA) or fp16 (with gradient scaling); auto = "
+                          "bf16 on CPUs with bf16 units (AVX512-BF16/AMX) and bf16-capable GPUs, off elsewhere")
     run.add_argument("--channels_last", choices=MEMORY_FORMATS, default="auto",
                      help="convolutions in channels_last: auto = on CPU when oneDNN trains the model correctly")
     run.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=True,
@@ -122,23 +130,39 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         overrides["freeze_tps"] = True
     if args.sensitive and args.charset is None:
         overrides["charset"] = "94"
-    train_data, valid_data, mask_root = args.train_data, args.valid_data, args.mask_root
-    if train_data is None:
-        train_data, valid_data = str(DEMO_ROOT / "images" / "train"), str(DEMO_ROOT / "images" / "val")
-        mask_root = str(DEMO_ROOT / "masks" / "train")
     preset = args.preset or ("paper" if args.train_data else "demo")
-    return RunOptions(train_data, valid_data, args.select_data, args.batch_ratio, mask_root, preset, args.saved_dir,
+    train_data, valid_data, mask_root = args.train_data, args.valid_data, args.mask_root
+    curriculum_data, curriculum_mask_root = args.curriculum_data, args.curriculum_mask_root
+    if train_data is None:
+        root = CPU_ROOT if preset == "cpu" else DEMO_ROOT
+        train_data, valid_data = str(root / "images" / "train"), str(root / "images" / "val")
+        mask_root = str(root / "masks" / "train")
+        if preset == "cpu" and curriculum_data is None:
+            curriculum_data = str(DEMO_ROOT / "images" / "train")
+            curriculum_mask_root = str(DEMO_ROOT / "masks" / "train")
+    return RunOptions(train_data, valid_data, args.select_data, args.batch_ratio, mask_root, curriculum_data,
+                      curriculum_mask_root, preset, args.saved_dir,
                       args.exp_name, args.resume, args.finetune, args.tps_from, args.pretrained_vit, args.keep_last,
                       args.device, args.amp, args.channels_last, args.sync_bn, args.deterministic, args.local_rank,
                       overrides)
+
+
+def prepare_builtin_data(preset: str) -> Callable[[], None]:
+    """Builds (once) the built-in data a run without data arguments reads: the plain demo set, and for the cpu
+    preset also the full-variety set."""
+    def prepare() -> None:
+        build_demo_data(DEMO_ROOT)
+        if preset == "cpu":
+            build_demo_data(CPU_ROOT, num_train=CPU_TRAIN_SIZE, config=CPU_ENGINE)
+    return prepare
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 when finished, 128 + signal number when stopped by SIGTERM/SIGINT (checkpoint saved)."""
     args = parse_args(argv)
     retain_freed_cpu_memory()
-    prepare = (lambda: build_demo_data(DEMO_ROOT)) if args.train_data is None else None
-    summary = train(run_options(args), prepare)
+    options = run_options(args)
+    summary = train(options, prepare_builtin_data(options.preset) if args.train_data is None else None)
     return 128 + summary["stopped_by_signal"] if summary["stopped_by_signal"] else 0
 
 

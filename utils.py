@@ -17,6 +17,27 @@ import torch.nn as nn
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 flags in ``cpuinfo``), where oneDNN's
+    bf16 kernels outrun fp32; False where the file is absent (not Linux)."""
+    try:
+        text = open(cpuinfo).read()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """An --amp choice with ``auto`` resolved: bf16 on CUDA devices that support it and on CPUs with bf16 units,
+    full precision ("off") elsewhere; other choices unchanged."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "off"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16_units() else "off"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` to ``dtype`` on ``device``'s type, or a no-op context for full precision."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)

@@ -22,6 +22,19 @@ def test_paper_preset_is_the_config_defaults_and_loss_constants_live_once():
     assert demo.siga.switch_iter == 500 and demo.siga.sharpen_slope == 85.0 and demo.siga.sharpen_offset == 0.1
 
 
+def test_cpu_preset_is_the_demo_network_with_a_plain_curriculum():
+    import train
+
+    demo, cpu = make_config("demo"), make_config("cpu")
+    network = ("tps_channels", "backbone_channels", "backbone_blocks", "hidden_size", "glyph_channels")
+    assert all(getattr(cpu, name) == getattr(demo, name) for name in network)
+    assert cpu.curriculum_iters == 3000 < cpu.num_iter and demo.curriculum_iters == 0
+    options = train.run_options(train.parse_args(["--preset", "cpu"]))
+    assert options.train_data == str(train.CPU_ROOT / "images" / "train")
+    assert options.curriculum_data == str(train.DEMO_ROOT / "images" / "train")
+    assert train.run_options(train.parse_args([])).curriculum_data is None  # the demo run reads one set
+
+
 def test_checkpoints_with_flat_loss_constants_keep_them():
     """Configs written before the loss constants moved into ``siga`` (flat names) keep their values."""
     old = {key: value for key, value in make_config("tiny").to_dict().items() if key != "siga"}

@@ -199,3 +199,24 @@ def test_siga_r_on_the_fly_synth_with_identity_tps_and_warmup(data, tmp_path):
     bad = run_train("--train_data", "synth:lots", "--valid_data", str(data / "val"), "--saved_dir", str(tmp_path),
                     cwd=tmp_path)
     assert bad.returncode != 0 and "expected synth:N" in bad.stderr
+
+
+def test_curriculum_reads_plain_data_first_then_resumes_into_the_main_phase(data, tmp_path):
+    """``--curriculum_data`` is read for ``--curriculum_iters`` iterations, then ``--train_data``; a run resumed
+    after the curriculum starts directly in the main phase; half a curriculum is an error."""
+    curriculum = ["--curriculum_data", str(data / "train"), "--curriculum_mask_root", str(data / "masks"),
+                  "--curriculum_iters", "2"]
+    run = run_train("--train_data", "synth:64", "--valid_data", str(data / "val"), "--saved_dir", str(tmp_path),
+                    "--model", "SIGA_R", "--num_iter", "4", "--valid_interval", "2", "--save_interval", "2",
+                    "--exp_name", "cur", *curriculum, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"curriculum: iterations 0–1 read {data / 'train'}, then synth:64" in run.stdout
+    assert "K-means" not in run.stderr  # both phases used their stored or rendered glyph masks
+    assert load_checkpoint(tmp_path / "cur" / "last.pth")["config"]["curriculum_iters"] == 2
+    resumed = run_train("--resume", str(tmp_path / "cur" / "iter_2.pth"), "--train_data", "synth:64", "--valid_data",
+                        str(data / "val"), "--saved_dir", str(tmp_path), "--exp_name", "cur2", *curriculum,
+                        cwd=tmp_path)
+    assert resumed.returncode == 0 and "[4/4]" in resumed.stdout, resumed.stderr[-3000:]
+    assert "curriculum: iterations" not in resumed.stdout and str(data / "train") not in resumed.stdout
+    half = run_train(*common_args(data, tmp_path), "--curriculum_iters", "2", "--num_iter", "2", cwd=tmp_path)
+    assert half.returncode != 0 and "a curriculum needs both its data" in half.stderr

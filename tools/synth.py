@@ -111,6 +111,12 @@ STAMP_FILE = "engine.json"  # what built a demo root: rebuilt when the engine, i
 DEMO_ENGINE = dataclasses.replace(EngineConfig().clean(), p_clean=0.0)
 
 
+#: the cpu preset's main training set: the engine's full variety (its curriculum reads the demo set first)
+CPU_ROOT = Path("data/synth_cpu")
+CPU_TRAIN_SIZE = 300_000  # 17 000 main-phase steps × 64 see each about 3.6 times
+CPU_ENGINE = EngineConfig()
+
+
 def build_demo_data(root: str | os.PathLike, num_train: int = DEMO_TRAIN_SIZE, num_val: int = 1000, seed: int = 0,
                     workers: int = 2, log=print, config: EngineConfig = DEMO_ENGINE) -> dict[str, Path]:
     """Create ``root/{images,masks}/{train,val}`` unless the root already holds both LMDB pairs built by this
