@@ -441,7 +441,8 @@ def make_training_batches(options: RunOptions, config: Config, trainer: Trainer,
     until = config.curriculum_iters
     if bool(until) != bool(options.curriculum_data):
         raise SystemExit(f"error: a curriculum needs both its data (--curriculum_data, given: "
-                         f"{options.curriculum_data}) and its length (--curriculum_iters, {until})")
+                         f"{options.curriculum_data}) and its length (--curriculum_iters, {until}; 0 turns a "
+                         f"preset's curriculum off)")
     logger = functools.partial(log, env)
     loader, scan_skipped = make_train_loader(
         options.train_data, options.select_data, options.batch_ratio, options.mask_root, config, trainer.tokenizer,

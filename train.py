@@ -1,21 +1,23 @@
 """Train a recognition model on LMDB data (SPEC §5), in one process or many (torchrun).
 
-With no data arguments it builds the built-in synthetic set under ``data/synth_demo`` (if absent)
-and trains the ``demo`` preset, sized for a 2-core CPU; ``--preset cpu`` also builds the full-variety set
-under ``data/synth_cpu`` and trains on the plain crops first, then on the varied ones.
+With no data arguments it builds the built-in synthetic sets (if absent): plain crops under ``data/synth_demo``
+and the engine's full variety under ``data/synth_varied`` (``data/synth_cpu`` for ``--preset cpu``), and trains
+the ``demo`` preset, sized for a 2-core CPU: the plain crops first (a curriculum), then the varied ones.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
 
+from config import make_config
 from dataset import SYNTH_PREFIX, synth_size
 from engine import RunOptions, train
 from model import MODELS
-from tools.synth import CPU_ENGINE, CPU_ROOT, CPU_TRAIN_SIZE, DEMO_ROOT, build_demo_data
+from tools.synth import DEMO_ROOT, VARIED_ENGINE, VARIED_SETS, build_demo_data
 from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 
 #: command-line flags that set Config fields of the same name
@@ -85,7 +87,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--keep_last", type=int, default=5,
                      help="keep the newest K periodic snapshots iter_<N>.pth (0 = keep all)")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="auto",
+    run.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="off",
                      help="mixed precision: autocast to bf16 (CPU or CUDA) or fp16 (with gradient scaling); auto = "
                           "bf16 on CPUs with bf16 units (AVX512-BF16/AMX) and bf16-capable GPUs, off elsewhere")
     run.add_argument("--channels_last", choices=MEMORY_FORMATS, default="auto",
@@ -133,11 +135,13 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     preset = args.preset or ("paper" if args.train_data else "demo")
     train_data, valid_data, mask_root = args.train_data, args.valid_data, args.mask_root
     curriculum_data, curriculum_mask_root = args.curriculum_data, args.curriculum_mask_root
+    if train_data is not None and curriculum_data is None and args.curriculum_iters is None:
+        overrides["curriculum_iters"] = 0  # your own data: no curriculum unless asked for (a preset's needs its data)
     if train_data is None:
-        root = CPU_ROOT if preset == "cpu" else DEMO_ROOT
+        root = varied_set(preset)[0]
         train_data, valid_data = str(root / "images" / "train"), str(root / "images" / "val")
         mask_root = str(root / "masks" / "train")
-        if preset == "cpu" and curriculum_data is None:
+        if curriculum_data is None and make_config(preset, **overrides).curriculum_iters:
             curriculum_data = str(DEMO_ROOT / "images" / "train")
             curriculum_mask_root = str(DEMO_ROOT / "masks" / "train")
     return RunOptions(train_data, valid_data, args.select_data, args.batch_ratio, mask_root, curriculum_data,
@@ -147,13 +151,18 @@ def run_options(args: argparse.Namespace) -> RunOptions:
                       overrides)
 
 
+def varied_set(preset: str) -> tuple[Path, int]:
+    """The built-in full-variety set a run of ``preset`` without data arguments trains on: root, training crops."""
+    return VARIED_SETS.get(preset, VARIED_SETS["demo"])
+
+
 def prepare_builtin_data(preset: str) -> Callable[[], None]:
-    """Builds (once) the built-in data a run without data arguments reads: the plain demo set, and for the cpu
-    preset also the full-variety set."""
+    """Builds (once) the built-in data a run without data arguments reads: the plain set (the curriculum) and
+    the preset's full-variety set."""
     def prepare() -> None:
         build_demo_data(DEMO_ROOT)
-        if preset == "cpu":
-            build_demo_data(CPU_ROOT, num_train=CPU_TRAIN_SIZE, config=CPU_ENGINE)
+        root, size = varied_set(preset)
+        build_demo_data(root, num_train=size, config=VARIED_ENGINE)
     return prepare
 
 

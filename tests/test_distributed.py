@@ -156,7 +156,7 @@ def test_two_process_ddp_matches_single_process_with_the_same_global_batch(data,
     tps = tmp_path / "tps.pth"
     config = make_config("tiny")
     atomic_save({"model": build_model(config).state_dict(), "config": config.to_dict()}, tps)
-    # full precision: bf16 autocast (--amp auto's choice on CPUs with bf16 units) rounds differently per batch split
+    # full precision whatever the default: bf16 autocast (--amp auto on CPUs with bf16 units) rounds per batch split
     common = data_args(data, tmp_path) + ["--num_iter", "3", "--valid_interval", "3", "--no_aug", "--tps_from",
                                           str(tps), "--deterministic", "--amp", "off"]
     single = run(train_command(*common, "--batch_size", "16", "--exp_name", "single"), tmp_path)
