@@ -154,15 +154,14 @@ CPU_NETWORK: dict[str, Any] = dict(
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's SIGA_R / TRBA configuration: the Config defaults (SPEC §5.1).
     "paper": {},
-    # About 12 minutes on a 2-core CPU: 2 500 steps on plain crops (the attention decoder aligns on them), then
-    # 1 500 on the engine's full variety.
+    # A few minutes on a 2-core CPU.
     "demo": dict(
         **CPU_NETWORK, batch_size=32, num_iter=4000, lr=1e-3, pct_start=0.15, augment=False, workers=1,
-        valid_interval=500, curriculum_iters=2500,
+        valid_interval=500,
         siga=dict(switch_iter=500),  # the paper switches at 1/8 of its schedule
     ),
-    # About 1.5 hours on a 2-core CPU: the plain demo crops for the first 3 000 steps (the attention decoder
-    # aligns on them), then the engine's full variety (README "A longer CPU run").
+    # A longer run on a 2-core CPU: the plain demo crops for the first 3 000 steps (the attention decoder aligns
+    # on them), then the engine's full variety (README "Real words after training on the built-in data").
     "cpu": dict(
         **CPU_NETWORK, batch_size=64, num_iter=20000, lr=1e-3, pct_start=0.15, augment=False, workers=1,
         valid_interval=1000, save_interval=5000, curriculum_iters=3000,

@@ -1,14 +1,13 @@
 """Train a recognition model on LMDB data (SPEC §5), in one process or many (torchrun).
 
-With no data arguments it builds the built-in synthetic sets (if absent): plain crops under ``data/synth_demo``
-and the engine's full variety under ``data/synth_varied`` (``data/synth_cpu`` for ``--preset cpu``), and trains
-the ``demo`` preset, sized for a 2-core CPU: the plain crops first (a curriculum), then the varied ones.
+With no data arguments it builds the built-in synthetic set of plain crops under ``data/synth_demo`` (if absent)
+and trains the ``demo`` preset, sized for a 2-core CPU; ``--preset cpu`` also builds the engine's full variety
+under ``data/synth_cpu`` and trains on the plain crops first (a curriculum), then on the varied ones.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -17,7 +16,7 @@ from config import make_config
 from dataset import SYNTH_PREFIX, synth_size
 from engine import RunOptions, train
 from model import MODELS
-from tools.synth import DEMO_ROOT, VARIED_ENGINE, VARIED_SETS, build_demo_data
+from tools.synth import CPU_ENGINE, CPU_ROOT, CPU_TRAIN_SIZE, DEMO_ROOT, build_demo_data
 from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 
 #: command-line flags that set Config fields of the same name
@@ -138,7 +137,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     if train_data is not None and curriculum_data is None and args.curriculum_iters is None:
         overrides["curriculum_iters"] = 0  # your own data: no curriculum unless asked for (a preset's needs its data)
     if train_data is None:
-        root = varied_set(preset)[0]
+        root = CPU_ROOT if preset == "cpu" else DEMO_ROOT
         train_data, valid_data = str(root / "images" / "train"), str(root / "images" / "val")
         mask_root = str(root / "masks" / "train")
         if curriculum_data is None and make_config(preset, **overrides).curriculum_iters:
@@ -151,18 +150,13 @@ def run_options(args: argparse.Namespace) -> RunOptions:
                       overrides)
 
 
-def varied_set(preset: str) -> tuple[Path, int]:
-    """The built-in full-variety set a run of ``preset`` without data arguments trains on: root, training crops."""
-    return VARIED_SETS.get(preset, VARIED_SETS["demo"])
-
-
 def prepare_builtin_data(preset: str) -> Callable[[], None]:
-    """Builds (once) the built-in data a run without data arguments reads: the plain set (the curriculum) and
-    the preset's full-variety set."""
+    """Builds (once) the built-in data a run without data arguments reads: the plain demo set, and for the cpu
+    preset also its full-variety set."""
     def prepare() -> None:
         build_demo_data(DEMO_ROOT)
-        root, size = varied_set(preset)
-        build_demo_data(root, num_train=size, config=VARIED_ENGINE)
+        if preset == "cpu":
+            build_demo_data(CPU_ROOT, num_train=CPU_TRAIN_SIZE, config=CPU_ENGINE)
     return prepare
 
 

@@ -100,22 +100,19 @@ def write_synth_lmdb(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, 
     return time.perf_counter() - started
 
 
-#: where train.py and bench.py keep the built-in data (relative to the working directory): the plain set
+#: where train.py and bench.py keep the built-in demo data (relative to the working directory)
 DEMO_ROOT = Path("data/synth_demo")
-DEMO_TRAIN_SIZE = 100_000  # plain training crops: the demo's 2 500 curriculum steps × 32 see each about 0.8 times
+DEMO_TRAIN_SIZE = 100_000  # training crops of the demo set: 4 000 steps × 32 see each about 1.3 times
 STAMP_FILE = "engine.json"  # what built a demo root: rebuilt when the engine, its config, sizes or seed change
-#: the plain set's engine config (matplotlib's faces, flat procedural backgrounds, mild rotation and perspective,
-#: no decoration, distortion or corruption): the curriculum of the demo and cpu presets, on which the attention
-#: decoder aligns; from the start, the engine's full variety keeps it on its loss plateau (README "Real words
-#: after training on the built-in data")
+#: the demo set's engine config: plain samples only (matplotlib's faces, flat procedural backgrounds, mild rotation
+#: and perspective, no decoration, distortion or corruption), the no-argument run's data and the cpu preset's
+#: curriculum. The engine's full variety keeps the 4 000-step demo run on its loss plateau, and after a plain
+#: curriculum it gets too few steps to pay (README "Real words after training on the built-in data").
 DEMO_ENGINE = dataclasses.replace(EngineConfig().clean(), p_clean=0.0)
-#: the engine's full variety, which the demo and cpu presets train on after their curriculum
-VARIED_ENGINE = EngineConfig()
-#: the full-variety set of each preset without data arguments: root and training crops (the demo's 1 500
-#: main-phase steps × 32 see each about once, the cpu preset's 17 000 × 64 about 3.6 times); other presets use
-#: the demo's
-VARIED_SETS: dict[str, tuple[Path, int]] = {"demo": (Path("data/synth_varied"), 50_000),
-                                           "cpu": (Path("data/synth_cpu"), 300_000)}
+#: the cpu preset's main training set: the engine's full variety (its curriculum reads the demo set first)
+CPU_ROOT = Path("data/synth_cpu")
+CPU_TRAIN_SIZE = 300_000  # 17 000 main-phase steps × 64 see each about 3.6 times
+CPU_ENGINE = EngineConfig()
 
 
 def build_demo_data(root: str | os.PathLike, num_train: int = DEMO_TRAIN_SIZE, num_val: int = 1000, seed: int = 0,
