@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
 
 import torch
 
@@ -16,13 +15,13 @@ from config import make_config
 from dataset import SYNTH_PREFIX, synth_size
 from engine import RunOptions, train
 from model import MODELS
-from tools.synth import CPU_ENGINE, CPU_ROOT, CPU_TRAIN_SIZE, DEMO_ROOT, build_demo_data
+from tools.synth import build_builtin_data, builtin_data
 from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 
 #: command-line flags that set Config fields of the same name
 CONFIG_FLAGS = ("model", "batch_size", "num_iter", "lr", "grad_clip", "max_label_length", "seed", "valid_interval",
                 "save_interval", "workers", "augment", "aug_mode", "charset", "sensitive", "freeze_tps_bn",
-                "freeze_tps", "curriculum_iters")
+                "freeze_tps", "curriculum_iters", "pct_start")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +68,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--batch_size", type=int, help="per-process batch size")
     model.add_argument("--num_iter", type=int, help="number of optimiser steps")
     model.add_argument("--lr", type=float, help="(peak) learning rate of the schedule")
+    model.add_argument("--pct_start", type=float, help="one-cycle schedule: share of the steps rising to the peak lr")
     model.add_argument("--grad_clip", type=float)
     model.add_argument("--max_label_length", type=int)
     model.add_argument("--seed", type=int)
@@ -122,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
-    """The engine's options from the command line: data paths (the demo data without any), the preset
+    """The engine's options from the command line: data paths (the built-in data without any), the preset
     (paper with data, demo without) and the Config fields the flags set."""
     overrides = {name: getattr(args, name) for name in CONFIG_FLAGS}
     siga = {"switch_iter": args.siga_switch_iter, "warmup_iters": args.siga_warmup}
@@ -132,32 +132,19 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     if args.sensitive and args.charset is None:
         overrides["charset"] = "94"
     preset = args.preset or ("paper" if args.train_data else "demo")
-    train_data, valid_data, mask_root = args.train_data, args.valid_data, args.mask_root
-    curriculum_data, curriculum_mask_root = args.curriculum_data, args.curriculum_mask_root
-    if train_data is not None and curriculum_data is None and args.curriculum_iters is None:
+    data = {name: getattr(args, name) for name in ("train_data", "valid_data", "mask_root", "curriculum_data",
+                                                    "curriculum_mask_root")}
+    if args.train_data is not None and args.curriculum_data is None and args.curriculum_iters is None:
         overrides["curriculum_iters"] = 0  # your own data: no curriculum unless asked for (a preset's needs its data)
-    if train_data is None:
-        root = CPU_ROOT if preset == "cpu" else DEMO_ROOT
-        train_data, valid_data = str(root / "images" / "train"), str(root / "images" / "val")
-        mask_root = str(root / "masks" / "train")
-        if curriculum_data is None and make_config(preset, **overrides).curriculum_iters:
-            curriculum_data = str(DEMO_ROOT / "images" / "train")
-            curriculum_mask_root = str(DEMO_ROOT / "masks" / "train")
-    return RunOptions(train_data, valid_data, args.select_data, args.batch_ratio, mask_root, curriculum_data,
-                      curriculum_mask_root, preset, args.saved_dir,
+    if args.train_data is None:
+        data = builtin_data(preset, curriculum=make_config(preset, **overrides).curriculum_iters > 0)
+        if args.curriculum_data:  # your own curriculum before the built-in data
+            data.update(curriculum_data=args.curriculum_data, curriculum_mask_root=args.curriculum_mask_root)
+    return RunOptions(data["train_data"], data["valid_data"], args.select_data, args.batch_ratio, data["mask_root"],
+                      data["curriculum_data"], data["curriculum_mask_root"], preset, args.saved_dir,
                       args.exp_name, args.resume, args.finetune, args.tps_from, args.pretrained_vit, args.keep_last,
                       args.device, args.amp, args.channels_last, args.sync_bn, args.deterministic, args.local_rank,
                       overrides)
-
-
-def prepare_builtin_data(preset: str) -> Callable[[], None]:
-    """Builds (once) the built-in data a run without data arguments reads: the plain demo set, and for the cpu
-    preset also its full-variety set."""
-    def prepare() -> None:
-        build_demo_data(DEMO_ROOT)
-        if preset == "cpu":
-            build_demo_data(CPU_ROOT, num_train=CPU_TRAIN_SIZE, config=CPU_ENGINE)
-    return prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     retain_freed_cpu_memory()
     options = run_options(args)
-    summary = train(options, prepare_builtin_data(options.preset) if args.train_data is None else None)
+    prepare = (lambda: build_builtin_data(options.preset)) if args.train_data is None else None
+    summary = train(options, prepare)
     return 128 + summary["stopped_by_signal"] if summary["stopped_by_signal"] else 0
 
 

@@ -21,7 +21,7 @@ from synth.engine import ENGINE_VERSION, EngineConfig, render_sample
 from synth.fonts import FontCatalogue, discover_fonts
 from synth.vocabulary import WORDS_FILE, VocabularyConfig
 from tools import synth
-from tools.synth import (STAMP_FILE, VAL_SEED_OFFSET, build_demo_data, main, parse_engine_settings,
+from tools.synth import (STAMP_FILE, VAL_SEED_OFFSET, build_demo_data, builtin_data, main, parse_engine_settings,
                          write_synth_lmdb)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,3 +246,14 @@ def test_cli_needs_an_output_and_passes_demo_options(tmp_path, capsys, monkeypat
     assert calls == [(str(tmp_path / "demo"), {"num_train": 30, "seed": 2, "workers": 1,
                                                "config": dataclasses.replace(synth.DEMO_ENGINE, p_blur=0.5)})]
     assert f"train_images: {tmp_path / 'demo' / 'images' / 'train'}" in capsys.readouterr().out
+
+
+def test_builtin_data_of_each_preset():
+    """Without data arguments the cpu preset trains on its full-variety set after the plain one; the others
+    train on the plain set."""
+    cpu = builtin_data("cpu", curriculum=True)
+    assert cpu["train_data"] == "data/synth_cpu/images/train" and cpu["valid_data"] == "data/synth_cpu/images/val"
+    assert cpu["curriculum_data"] == "data/synth_demo/images/train"
+    assert cpu["curriculum_mask_root"] == "data/synth_demo/masks/train"
+    demo = builtin_data("demo", curriculum=False)
+    assert demo["train_data"] == "data/synth_demo/images/train" and demo["curriculum_data"] is None

@@ -220,3 +220,11 @@ def test_curriculum_reads_plain_data_first_then_resumes_into_the_main_phase(data
     assert "curriculum: iterations" not in resumed.stdout and str(data / "train") not in resumed.stdout
     half = run_train(*common_args(data, tmp_path), "--curriculum_iters", "2", "--num_iter", "2", cwd=tmp_path)
     assert half.returncode != 0 and "a curriculum needs both its data" in half.stderr
+
+
+def test_a_presets_curriculum_is_off_with_your_own_data_and_pct_start_is_a_flag(data, tmp_path):
+    run = run_train(*common_args(data, tmp_path), "--preset", "cpu", "--batch_size", "8", "--num_iter", "2",
+                    "--valid_interval", "2", "--pct_start", "0.7", "--exp_name", "own", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    config = load_checkpoint(tmp_path / "own" / "last.pth")["config"]
+    assert config["curriculum_iters"] == 0 and config["pct_start"] == 0.7 and config["hidden_size"] == 96

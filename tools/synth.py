@@ -143,6 +143,24 @@ def build_demo_data(root: str | os.PathLike, num_train: int = DEMO_TRAIN_SIZE, n
     return paths
 
 
+def builtin_data(preset: str, curriculum: bool) -> dict[str, str | None]:
+    """train.py's data paths without data arguments: the cpu preset trains on its full-variety set, every other
+    preset on the plain demo set; ``curriculum`` (the preset has one) adds the plain set as the curriculum."""
+    root = CPU_ROOT if preset == "cpu" else DEMO_ROOT
+    return {"train_data": str(root / "images" / "train"), "valid_data": str(root / "images" / "val"),
+            "mask_root": str(root / "masks" / "train"),
+            "curriculum_data": str(DEMO_ROOT / "images" / "train") if curriculum else None,
+            "curriculum_mask_root": str(DEMO_ROOT / "masks" / "train") if curriculum else None}
+
+
+def build_builtin_data(preset: str) -> None:
+    """Build (once) the sets :func:`builtin_data` names: the plain demo set, and for the cpu preset its
+    full-variety set."""
+    build_demo_data(DEMO_ROOT)
+    if preset == "cpu":
+        build_demo_data(CPU_ROOT, num_train=CPU_TRAIN_SIZE, config=CPU_ENGINE)
+
+
 def parse_engine_settings(settings: list[str], base: EngineConfig = EngineConfig()) -> EngineConfig:
     """``base`` with ``NAME=VALUE`` overrides (``vocabulary.NAME=VALUE`` for the label fields); values
     are Python literals (numbers, tuples, booleans)."""
