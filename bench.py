@@ -4,7 +4,7 @@ Everything is timed in one process with warm-up and medians of several repeats, 
 repeat by repeat, so ratios between models (``--compare``: SIGA_R time over TRBA time; ``--compare S``:
 SIGA_S over TSBA; ``--compare T``: SIGA_T over VITBA; ``--compare all``: all three) and against the
 machine's own large-matmul rate are comparable within one run; peak memory comes from a fresh process per
-model and phase. ``--data`` adds the training data loader's throughput on the demo data.
+model and phase. ``--data`` adds the training data loader's throughput on the demo's varied crops.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="memory format of the convolutions, as train.py/test.py (auto: channels_last on CPU)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--data", action="store_true", help="also measure the training loader on the demo data")
+    parser.add_argument("--data", action="store_true", help="also measure the training loader on the demo's varied crops")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for --data")
     parser.add_argument("--agreement", metavar="CHECKPOINT",
                         help="instead of timing: how often bf16 and fp32 greedy predictions of this trained checkpoint "
@@ -112,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         # imported here: the memory probes' spawned processes re-import this file, and the generator's
         # imports (matplotlib) would count in their peak memory
-        from tools.synth import DEMO_ROOT, build_demo_data
+        from tools.synth import BUILTIN_SETS, build_builtin_data
 
-        demo = build_demo_data(DEMO_ROOT)
-        report["data"] = bench_loader(args, str(demo["train_images"]), str(demo["train_masks"]))
+        varied = BUILTIN_SETS["demo"][1]
+        build_builtin_data(varied.split("images", "train"))
+        report["data"] = bench_loader(args, varied.split("images", "train"), varied.split("masks", "train"))
         print(f"training loader, {args.workers} workers: {report['data']['images_per_second']:.0f} img/s")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

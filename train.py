@@ -1,8 +1,9 @@
 """Train a recognition model on LMDB data (SPEC §5), in one process or many (torchrun).
 
-With no data arguments it builds the built-in synthetic set of plain crops under ``data/synth_demo`` (if absent)
-and trains the ``demo`` preset, sized for a 2-core CPU; ``--preset cpu`` also builds the engine's full variety
-under ``data/synth_cpu`` and trains on the plain crops first (a curriculum), then on the varied ones.
+With no data arguments it builds the built-in synthetic sets (if absent): plain crops under ``data/synth_plain``
+and the engine's full variety under ``data/synth_varied``, and trains the ``demo`` preset, sized for a 2-core CPU,
+on the plain crops first (a curriculum, on which the attention decoder aligns), then on the varied ones;
+``--preset cpu`` does the same longer, on ``data/synth_cpu_plain`` and ``data/synth_cpu``.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="iteration of the SIGA loss switch: hard-sample L_seg and λ 1.0 → 0.3 (default 20000)")
     model.add_argument("--preset", default=None, choices=["paper", "demo", "cpu", "tiny"],
                        help="size/schedule preset (default: paper with data arguments, demo without); without "
-                            "data arguments, demo trains on the plain built-in crops and cpu on plain then varied ones")
+                            "data arguments, demo and cpu train on plain built-in crops, then on varied ones")
     model.add_argument("--batch_size", type=int, help="per-process batch size")
     model.add_argument("--num_iter", type=int, help="number of optimiser steps")
     model.add_argument("--lr", type=float, help="(peak) learning rate of the schedule")
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     retain_freed_cpu_memory()
     options = run_options(args)
-    prepare = (lambda: build_builtin_data(options.preset)) if args.train_data is None else None
+    prepare = ((lambda: build_builtin_data(options.train_data, options.curriculum_data))
+               if args.train_data is None else None)
     summary = train(options, prepare)
     return 128 + summary["stopped_by_signal"] if summary["stopped_by_signal"] else 0
 

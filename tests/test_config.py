@@ -22,11 +22,13 @@ def test_paper_preset_is_the_config_defaults_and_loss_constants_live_once():
     assert demo.siga.switch_iter == 500 and demo.siga.sharpen_slope == 85.0 and demo.siga.sharpen_offset == 0.1
 
 
-def test_cpu_preset_is_the_demo_network_with_a_plain_curriculum():
+def test_demo_and_cpu_presets_share_the_network_and_start_with_a_plain_curriculum():
     demo, cpu = make_config("demo"), make_config("cpu")
     network = ("tps_channels", "backbone_channels", "backbone_blocks", "hidden_size", "glyph_channels")
     assert all(getattr(cpu, name) == getattr(demo, name) for name in network)
-    assert cpu.curriculum_iters == 3000 < cpu.num_iter and demo.curriculum_iters == 0
+    assert cpu.curriculum_iters == 3000 < cpu.num_iter and demo.curriculum_iters == 2400 < demo.num_iter
+    # the demo's learning rate peaks where its curriculum ends (one-cycle peak at pct_start of the steps)
+    assert abs(demo.pct_start * demo.num_iter - demo.curriculum_iters) < 5
 
 
 def test_checkpoints_with_flat_loss_constants_keep_them():

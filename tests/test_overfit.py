@@ -58,7 +58,7 @@ def memorise(model: torch.nn.Module, batch, tokenizer: Tokenizer, config, loss_f
 
 def test_demo_preset_overfits_eight_words():
     seed_everything(0)
-    config = make_config("demo", num_iter=600, lr=1e-3)
+    config = make_config("demo", num_iter=600, lr=1e-3, pct_start=0.15)
     tokenizer = Tokenizer.from_config(config)
     model = build_model(config, tokenizer)
     batch = Collate()([Sample(render(w), None, w) for w in WORDS])

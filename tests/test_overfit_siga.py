@@ -17,7 +17,7 @@ from utils import seed_everything
 
 def test_demo_siga_overfits_eight_words():
     seed_everything(0)
-    config = make_config("demo", model="SIGA_R", num_iter=600, lr=1e-3, siga={"switch_iter": 50})
+    config = make_config("demo", model="SIGA_R", num_iter=600, lr=1e-3, pct_start=0.15, siga={"switch_iter": 50})
     tokenizer = Tokenizer.from_config(config)
     model = build_model(config, tokenizer)
     images = [render(w) for w in WORDS]

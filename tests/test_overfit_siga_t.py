@@ -18,7 +18,7 @@ from utils import seed_everything
 
 def test_demo_siga_t_overfits_eight_words():
     seed_everything(0)
-    config = make_config("demo", model="SIGA_T", num_iter=600, siga={"switch_iter": 50})
+    config = make_config("demo", model="SIGA_T", num_iter=600, pct_start=0.15, siga={"switch_iter": 50})
     assert config.image_size == (32, 128) and config.token_layout == "mgp" and not config.normalize_images
     tokenizer = Tokenizer.from_config(config)
     model = build_model(config, tokenizer)

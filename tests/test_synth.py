@@ -157,12 +157,12 @@ def test_build_demo_data_creates_splits_once_and_rebuilds_on_a_new_stamp(tmp_pat
     stamp = json.loads((root / STAMP_FILE).read_text())
     assert {key: stamp[key] for key in ("engine", "num_train", "num_val", "seed")} == {
         "engine": ENGINE_VERSION, "num_train": 12, "num_val": 6, "seed": 4}
-    assert stamp["config"] == json.loads(json.dumps(dataclasses.asdict(synth.DEMO_ENGINE)))
+    assert stamp["config"] == json.loads(json.dumps(dataclasses.asdict(synth.PLAIN_ENGINE)))
     assert stamp["config"]["plain"] and stamp["config"]["p_natural_background"] == 0.0  # the demo set: plain
     train, val = lmdb_items(paths["train_images"]), lmdb_items(paths["val_images"])
-    assert train[b"label-000000001"].decode() == render_sample(0, 4, catalogue, synth.DEMO_ENGINE)[2]
+    assert train[b"label-000000001"].decode() == render_sample(0, 4, catalogue, synth.PLAIN_ENGINE)[2]
     assert val[b"label-000000001"].decode() == render_sample(0, 4 + VAL_SEED_OFFSET, catalogue,
-                                                             synth.DEMO_ENGINE)[2]
+                                                             synth.PLAIN_ENGINE)[2]
     assert not ({v for k, v in train.items() if k.startswith(b"image-")}
                 & {v for k, v in val.items() if k.startswith(b"image-")})
 
@@ -244,16 +244,26 @@ def test_cli_needs_an_output_and_passes_demo_options(tmp_path, capsys, monkeypat
     main(["--demo_root", str(tmp_path / "demo"), "--num", "30", "--seed", "2", "--workers", "1",
           "--set", "p_blur=0.5"])
     assert calls == [(str(tmp_path / "demo"), {"num_train": 30, "seed": 2, "workers": 1,
-                                               "config": dataclasses.replace(synth.DEMO_ENGINE, p_blur=0.5)})]
+                                               "config": dataclasses.replace(synth.PLAIN_ENGINE, p_blur=0.5)})]
     assert f"train_images: {tmp_path / 'demo' / 'images' / 'train'}" in capsys.readouterr().out
 
 
-def test_builtin_data_of_each_preset():
-    """Without data arguments the cpu preset trains on its full-variety set after the plain one; the others
-    train on the plain set."""
+def test_builtin_data_of_each_preset_and_what_gets_built(monkeypatch):
+    """Without data arguments the demo and cpu presets train on their full-variety set after their plain one
+    (every other preset on the demo's sets); only the sets a run reads are built, plain first."""
     cpu = builtin_data("cpu", curriculum=True)
     assert cpu["train_data"] == "data/synth_cpu/images/train" and cpu["valid_data"] == "data/synth_cpu/images/val"
-    assert cpu["curriculum_data"] == "data/synth_demo/images/train"
-    assert cpu["curriculum_mask_root"] == "data/synth_demo/masks/train"
-    demo = builtin_data("demo", curriculum=False)
-    assert demo["train_data"] == "data/synth_demo/images/train" and demo["curriculum_data"] is None
+    assert cpu["curriculum_data"] == "data/synth_cpu_plain/images/train"
+    assert cpu["curriculum_mask_root"] == "data/synth_cpu_plain/masks/train"
+    demo = builtin_data("demo", curriculum=True)
+    assert demo["train_data"] == "data/synth_varied/images/train"
+    assert demo["mask_root"] == "data/synth_varied/masks/train"
+    assert demo["curriculum_data"] == "data/synth_plain/images/train"
+    assert builtin_data("tiny", curriculum=False) == dict(demo, curriculum_data=None, curriculum_mask_root=None)
+    built = []
+    monkeypatch.setattr(synth, "build_demo_data", lambda root, **kwargs: built.append((str(root), kwargs)))
+    synth.build_builtin_data(demo["train_data"], demo["curriculum_data"])
+    synth.build_builtin_data(cpu["train_data"], None)
+    assert built == [("data/synth_plain", {"num_train": 40_000, "config": synth.PLAIN_ENGINE}),
+                     ("data/synth_varied", {"num_train": 50_000, "config": EngineConfig()}),
+                     ("data/synth_cpu", {"num_train": 300_000, "config": EngineConfig()})]

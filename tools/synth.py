@@ -100,23 +100,41 @@ def write_synth_lmdb(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, 
     return time.perf_counter() - started
 
 
-#: where train.py and bench.py keep the built-in demo data (relative to the working directory)
-DEMO_ROOT = Path("data/synth_demo")
-DEMO_TRAIN_SIZE = 100_000  # training crops of the demo set: 4 000 steps × 32 see each about 1.3 times
-STAMP_FILE = "engine.json"  # what built a demo root: rebuilt when the engine, its config, sizes or seed change
-#: the demo set's engine config: plain samples only (matplotlib's faces, flat procedural backgrounds, mild rotation
-#: and perspective, no decoration, distortion or corruption), the no-argument run's data and the cpu preset's
-#: curriculum. The engine's full variety keeps the 4 000-step demo run on its loss plateau, and after a plain
-#: curriculum it gets too few steps to pay (README "Real words after training on the built-in data").
-DEMO_ENGINE = dataclasses.replace(EngineConfig().clean(), p_clean=0.0)
-#: the cpu preset's main training set: the engine's full variety (its curriculum reads the demo set first)
-CPU_ROOT = Path("data/synth_cpu")
-CPU_TRAIN_SIZE = 300_000  # 17 000 main-phase steps × 64 see each about 3.6 times
-CPU_ENGINE = EngineConfig()
+STAMP_FILE = "engine.json"  # what built a root: rebuilt when the engine, its config, sizes or seed change
+#: plain samples only (matplotlib's faces, flat procedural backgrounds, mild rotation and perspective, no
+#: decoration, distortion or corruption): the presets' curriculum, on which the attention decoder aligns. The
+#: engine's full variety from the first step keeps a short run on its loss plateau (README "Real words after
+#: training on the built-in data").
+PLAIN_ENGINE = dataclasses.replace(EngineConfig().clean(), p_clean=0.0)
+PLAIN_TRAIN_SIZE = 40_000  # --demo_root's default training split
 
 
-def build_demo_data(root: str | os.PathLike, num_train: int = DEMO_TRAIN_SIZE, num_val: int = 1000, seed: int = 0,
-                    workers: int = 2, log=print, config: EngineConfig = DEMO_ENGINE) -> dict[str, Path]:
+@dataclasses.dataclass(frozen=True)
+class BuiltinSet:
+    """One built-in train/val root (relative to the working directory) and what :func:`build_demo_data`
+    renders into it."""
+    root: Path
+    num_train: int
+    config: EngineConfig
+
+    def split(self, kind: str, split: str) -> str:
+        return str(self.root / kind / split)
+
+
+#: train.py's data without data arguments, per preset: (curriculum set, main set). The demo's 2 400 plain steps
+#: × 64 see each plain crop about 3.8 times and its 1 100 varied steps each varied one 1.4 times; the cpu
+#: preset's 3 000 plain steps see each of its plain crops 1.9 times and its 17 000 varied steps each varied one
+#: 3.6 times. The demo plain set is the first 40 000 samples of the cpu one (same engine config and seed).
+BUILTIN_SETS: dict[str, tuple[BuiltinSet, BuiltinSet]] = {
+    "demo": (BuiltinSet(Path("data/synth_plain"), PLAIN_TRAIN_SIZE, PLAIN_ENGINE),
+             BuiltinSet(Path("data/synth_varied"), 50_000, EngineConfig())),
+    "cpu": (BuiltinSet(Path("data/synth_cpu_plain"), 100_000, PLAIN_ENGINE),
+            BuiltinSet(Path("data/synth_cpu"), 300_000, EngineConfig())),
+}
+
+
+def build_demo_data(root: str | os.PathLike, num_train: int = PLAIN_TRAIN_SIZE, num_val: int = 1000, seed: int = 0,
+                    workers: int = 2, log=print, config: EngineConfig = PLAIN_ENGINE) -> dict[str, Path]:
     """Create ``root/{images,masks}/{train,val}`` unless the root already holds both LMDB pairs built by this
     engine version and ``config`` with these sizes and seed (``root/engine.json``); train uses ``seed`` and val
     ``seed + 1_000_003``. Returns the image/mask roots and the four LMDB paths."""
@@ -143,22 +161,28 @@ def build_demo_data(root: str | os.PathLike, num_train: int = DEMO_TRAIN_SIZE, n
     return paths
 
 
+def builtin_sets(preset: str) -> tuple[BuiltinSet, BuiltinSet]:
+    """The (curriculum, main) built-in sets of ``preset``: the cpu preset's own, the demo's for every other."""
+    return BUILTIN_SETS.get(preset, BUILTIN_SETS["demo"])
+
+
 def builtin_data(preset: str, curriculum: bool) -> dict[str, str | None]:
-    """train.py's data paths without data arguments: the cpu preset trains on its full-variety set, every other
-    preset on the plain demo set; ``curriculum`` (the preset has one) adds the plain set as the curriculum."""
-    root = CPU_ROOT if preset == "cpu" else DEMO_ROOT
-    return {"train_data": str(root / "images" / "train"), "valid_data": str(root / "images" / "val"),
-            "mask_root": str(root / "masks" / "train"),
-            "curriculum_data": str(DEMO_ROOT / "images" / "train") if curriculum else None,
-            "curriculum_mask_root": str(DEMO_ROOT / "masks" / "train") if curriculum else None}
+    """train.py's data paths without data arguments: the preset's main (full-variety) set, validated on its
+    val split, and with ``curriculum`` (the preset has one) its plain set first."""
+    plain, main = builtin_sets(preset)
+    return {"train_data": main.split("images", "train"), "valid_data": main.split("images", "val"),
+            "mask_root": main.split("masks", "train"),
+            "curriculum_data": plain.split("images", "train") if curriculum else None,
+            "curriculum_mask_root": plain.split("masks", "train") if curriculum else None}
 
 
-def build_builtin_data(preset: str) -> None:
-    """Build (once) the sets :func:`builtin_data` names: the plain demo set, and for the cpu preset its
-    full-variety set."""
-    build_demo_data(DEMO_ROOT)
-    if preset == "cpu":
-        build_demo_data(CPU_ROOT, num_train=CPU_TRAIN_SIZE, config=CPU_ENGINE)
+def build_builtin_data(*train_data: str | None) -> None:
+    """Build (once) every built-in set whose training split is among ``train_data`` (a run's main and
+    curriculum data), plain sets first."""
+    ordered = [pair[0] for pair in BUILTIN_SETS.values()] + [pair[1] for pair in BUILTIN_SETS.values()]
+    for built in dict.fromkeys(ordered):
+        if built.split("images", "train") in train_data:
+            build_demo_data(built.root, num_train=built.num_train, config=built.config)
 
 
 def parse_engine_settings(settings: list[str], base: EngineConfig = EngineConfig()) -> EngineConfig:
@@ -189,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="image LMDB directory to write")
     parser.add_argument("--mask_out", help="mask LMDB directory to write (default: <out>_mask)")
     parser.add_argument("--num", type=int, help=f"number of samples (default 20000; with --demo_root, the "
-                                                f"training split's size, default {DEMO_TRAIN_SIZE})")
+                                                f"training split's size, default {PLAIN_TRAIN_SIZE})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--fonts_dir", help="extra .ttf/.otf fonts (searched recursively)")
@@ -197,16 +221,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--font_set", choices=FONT_SETS, default="all", help="'matplotlib': only its DejaVu/STIX")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override an EngineConfig field, e.g. p_natural_background=0 or vocabulary.max_length=10 "
-                             "(with --demo_root, of the demo set's config)")
+                             "(with --demo_root, of the plain set's config)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output LMDBs")
-    parser.add_argument("--demo_root", help="build the demo train/val LMDBs under this root instead")
+    parser.add_argument("--demo_root", help="build train/val LMDBs of plain crops (or --set's) under this root instead")
     args = parser.parse_args(argv)
     try:
-        config = parse_engine_settings(args.set, DEMO_ENGINE if args.demo_root else EngineConfig())
+        config = parse_engine_settings(args.set, PLAIN_ENGINE if args.demo_root else EngineConfig())
     except ValueError as error:
         parser.error(str(error))
     if args.demo_root:
-        num = DEMO_TRAIN_SIZE if args.num is None else args.num
+        num = PLAIN_TRAIN_SIZE if args.num is None else args.num
         for name, path in build_demo_data(args.demo_root, num_train=num, seed=args.seed, workers=args.workers,
                                           config=config).items():
             print(f"{name}: {path}")
