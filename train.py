@@ -87,9 +87,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--keep_last", type=int, default=5,
                      help="keep the newest K periodic snapshots iter_<N>.pth (0 = keep all)")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="off",
+    run.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="auto",
                      help="mixed precision: autocast to bf16 (CPU or CUDA) or fp16 (with gradient scaling); auto = "
-                          "bf16 on CPUs with bf16 units (AVX512-BF16/AMX) and bf16-capable GPUs, off elsewhere")
+                          "bf16 on CPUs with bf16 units (AVX512-BF16/AMX) and bf16-capable GPUs, off elsewhere (default)")
     run.add_argument("--channels_last", choices=MEMORY_FORMATS, default="auto",
                      help="convolutions in channels_last: auto = on CPU when oneDNN trains the model correctly")
     run.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=True,

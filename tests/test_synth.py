@@ -267,3 +267,6 @@ def test_builtin_data_of_each_preset_and_what_gets_built(monkeypatch):
     assert built == [("data/synth_plain", {"num_train": 40_000, "config": synth.PLAIN_ENGINE}),
                      ("data/synth_varied", {"num_train": 50_000, "config": EngineConfig()}),
                      ("data/synth_cpu", {"num_train": 300_000, "config": EngineConfig()})]
+    built.clear()
+    main(["--builtin", "cpu"])
+    assert [root for root, _ in built] == ["data/synth_cpu_plain", "data/synth_cpu"]

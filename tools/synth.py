@@ -9,7 +9,7 @@ Sample ``i`` of seed ``s`` is a pure function of (s, i), so the output is byte-i
 the number of workers.
 
 Usage, from the repository root: ``python -m tools.synth --out OUT [--mask_out MASK_OUT] [--num N]`` or
-``python -m tools.synth --demo_root ROOT`` (see ``--help``).
+``python -m tools.synth --demo_root ROOT`` or ``python -m tools.synth --builtin PRESET`` (see ``--help``).
 """
 from __future__ import annotations
 
@@ -224,7 +224,15 @@ def main(argv: list[str] | None = None) -> None:
                              "(with --demo_root, of the plain set's config)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output LMDBs")
     parser.add_argument("--demo_root", help="build train/val LMDBs of plain crops (or --set's) under this root instead")
+    parser.add_argument("--builtin", choices=sorted(BUILTIN_SETS),
+                        help="build the built-in sets that train.py --preset PRESET reads without data arguments")
     args = parser.parse_args(argv)
+    if args.builtin:
+        plain, varied = BUILTIN_SETS[args.builtin]
+        build_builtin_data(plain.split("images", "train"), varied.split("images", "train"))
+        for built in (plain, varied):
+            print(f"{built.root}: train ({built.num_train} crops) and val splits under images/ and masks/")
+        return
     try:
         config = parse_engine_settings(args.set, PLAIN_ENGINE if args.demo_root else EngineConfig())
     except ValueError as error:
