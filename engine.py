@@ -330,6 +330,12 @@ class Trainer:
         self.run_log.scalars(step, scalars)
         state.window_start, state.window_images = time.perf_counter(), 0
 
+    def _scored_in(self) -> str:
+        """" scored in bf16" (or fp16) when validation runs under autocast: its accuracy can differ slightly
+        from test.py's full-precision scoring."""
+        names = {dtype: name for name, dtype in AMP_DTYPES.items()}
+        return "" if self.amp_dtype is None else f" scored in {names[self.amp_dtype]}"
+
     def _validate_and_save(self, step: int, state: FitState) -> None:
         results, total = self.validate(self.valid_loaders)
         state.last_accuracy = total.accuracy
@@ -337,7 +343,8 @@ class Trainer:
         images = sum_across_ranks([state.run_images], self.env)[0]
         skipped = self.all_skipped(state)
         line = (f"[{step}/{self.config.num_iter}] loss {state.loss:.4f} valid accuracy {total.accuracy:.2f}% "
-                f"NED {total.ned:.4f} (n={total.num_samples}) | {elapsed:.0f} s, {images / elapsed:.0f} img/s"
+                f"NED {total.ned:.4f} (n={total.num_samples}){self._scored_in()} | {elapsed:.0f} s, "
+                f"{images / elapsed:.0f} img/s"
                 + (f", {skipped.total()} corrupt samples skipped" if skipped.total() else ""))
         if len(results) > 1:
             line += " | " + ", ".join(f"{name} {result.accuracy:.2f}%" for name, result in results.items())

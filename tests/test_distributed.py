@@ -285,6 +285,7 @@ def test_bf16_autocast_on_cpu_trains_without_nans(data, tmp_path, model):
     result = run(train_command(*data_args(data, tmp_path), "--model", model, "--mask_root", str(data / "masks"),
                                "--amp", "bf16", "--num_iter", "10", "--exp_name", "bf16"), tmp_path)
     assert "amp bf16" in result.stdout and "nan" not in result.stdout.lower()
+    assert ") scored in bf16 | " in result.stdout  # the validation line names its precision
     checkpoint = load_checkpoint(tmp_path / "bf16" / "last.pth")
     assert all(torch.isfinite(value).all() for value in checkpoint["model"].values() if value.is_floating_point())
     config = make_config("tiny", model=model)
