@@ -201,9 +201,18 @@ def siga_loss_terms(warped_mask: torch.Tensor, seg_logits: torch.Tensor, attenti
         labels, hard = glyph_pseudo_labels(attention, foreground, lengths, tuple(logits.shape[-2:]), settings)
         scales.append(glyph_loss(logits, labels, hard, lengths, settings.glyph_class_weights))
     low, mid = scales
-    weight = alignment_weight(iteration, settings)
-    total = (seg + weight * align.total + low.total + mid.total) * warmup_factor(iteration, settings)
-    return SigaLossTerms(total, seg, align, low, mid, weight)
+    summands = siga_summands(seg, align.total, low.total, mid.total, iteration, settings)
+    total = summands["L_seg"] + summands["λ·L_align"] + summands["L_low"] + summands["L_mid"]
+    return SigaLossTerms(total, seg, align, low, mid, alignment_weight(iteration, settings))
+
+
+def siga_summands(seg: torch.Tensor, align: torch.Tensor, glyph_low: torch.Tensor, glyph_mid: torch.Tensor,
+                  iteration: int, settings: SigaLossSettings) -> dict[str, torch.Tensor]:
+    """The SIGA losses as they add up in the total (SPEC §4.6): L_seg, λ·L_align, L_low and L_mid, each times
+    the warm-up factor."""
+    ramp = warmup_factor(iteration, settings)
+    return {"L_seg": seg * ramp, "λ·L_align": alignment_weight(iteration, settings) * align * ramp,
+            "L_low": glyph_low * ramp, "L_mid": glyph_mid * ramp}
 
 
 class LossResult(NamedTuple):

@@ -19,26 +19,24 @@ import torch
 
 from checkpoint import load_checkpoint, load_model
 from dataset import Collate, LmdbDataset
-from modules.losses import alignment_weight, training_loss, warmup_factor
+from modules.losses import SigaLossSettings, siga_summands, training_loss
 
-#: top-level module name → the part of the model it belongs to
-PARTS = {"transformation": "TPS", "backbone": "backbone", "glyph": "glyph network", "siga": "decoders",
-         "decoder": "decoders", "sequence": "decoders"}
+#: top-level module name → the part of the model it belongs to (every other module: "decoders", i.e. the
+#: sequence modelling and the decoders)
+PARTS = {"transformation": "TPS", "backbone": "backbone", "glyph": "glyph network"}
 
 
 def part_of(name: str) -> str:
     return PARTS.get(name.split(".")[0], "decoders")
 
 
-def term_losses(terms: dict[str, torch.Tensor], iteration: int, settings) -> dict[str, torch.Tensor]:
+def term_losses(terms: dict[str, torch.Tensor], iteration: int, settings: SigaLossSettings) -> dict[str, torch.Tensor]:
     """The total loss split into its summands as the optimiser sees them: the recognition CEs together, and
-    for SIGA L_seg, λ·L_align, L_low and L_mid (each times the warm-up factor)."""
+    for SIGA models the SIGA summands of :func:`modules.losses.siga_summands`."""
     grouped = {"CE (all heads)": torch.stack([v for k, v in terms.items() if k.startswith("ce_")]).sum()}
     if "seg" in terms:
-        ramp = warmup_factor(iteration, settings)
-        grouped.update({"L_seg": terms["seg"] * ramp,
-                        "λ·L_align": terms["align"] * alignment_weight(iteration, settings) * ramp,
-                        "L_low": terms["glyph_low"] * ramp, "L_mid": terms["glyph_mid"] * ramp})
+        grouped.update(siga_summands(terms["seg"], terms["align"], terms["glyph_low"], terms["glyph_mid"],
+                                     iteration, settings))
     return grouped
 
 
@@ -71,8 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model, tokenizer, config = load_model(args.checkpoint)
     iteration = int(load_checkpoint(args.checkpoint).get("iteration", 0))
-    is_siga = hasattr(model, "glyph")
-    dataset = LmdbDataset(args.data, tokenizer, config.image_size, mode="train", need_masks=is_siga,
+    dataset = LmdbDataset(args.data, tokenizer, config.image_size, mode="train", need_masks=model.needs_masks,
                           mask_path=args.mask_data, kmeans_seed=args.seed,
                           resize_first=config.data_pipeline == "resized")
     if len(dataset) < args.batch_size * args.batches:
