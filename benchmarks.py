@@ -1,5 +1,5 @@
 """The standard benchmarks (SPEC §6): finding the evaluation sets under a root, scoring each with the
-evaluation loop (unreadable samples counted, never silently dropped from the table), totals, the table
+evaluation loop (unreadable samples count as errors: n is always the LMDB's sample count), totals, the table
 and per-sample predictions."""
 from __future__ import annotations
 
@@ -34,13 +34,13 @@ class EvalSet:
 class SetResult:
     name: str
     result: EvalResult
-    skipped: list[tuple[str, int, str]] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)  # 1-based sample index of each kept prediction
+    unreadable: list[tuple[int, str]] = field(default_factory=list)  # (1-based index in the set, reason)
+    positions: list[int] = field(default_factory=list)  # 1-based sample index of each prediction
 
     def row(self) -> dict:
         return {"name": self.name, "n": self.result.num_samples, "correct": self.result.num_correct,
                 "accuracy": self.result.accuracy, "ned": self.result.ned, "confidence": self.result.mean_confidence,
-                "skipped": len(self.skipped)}
+                "unreadable": self.result.num_unreadable}
 
 
 def _has_lmdb(folder: Path) -> bool:
@@ -84,7 +84,7 @@ def resolve_eval_sets(root: str | os.PathLike, benchmarks_only: bool = False) ->
 
 
 class _TrackSkipped:
-    """Iterate a loader for utils.evaluate, recording samples the collate dropped and leaving out empty batches."""
+    """Iterate a loader for ``evaluation.evaluate``, recording the samples the collate could not decode."""
 
     def __init__(self, loader: DataLoader):
         self.loader = loader
@@ -93,14 +93,13 @@ class _TrackSkipped:
     def __iter__(self):
         for batch in self.loader:
             self.skipped.extend(batch.skipped)
-            if len(batch):
-                yield batch
+            yield batch
 
 
 def evaluate_set(model: torch.nn.Module, tokenizer: Tokenizer, config: Config, eval_set: EvalSet, device: torch.device,
                  batch_size: int, workers: int, amp_dtype: torch.dtype | None = None,
                  keep_predictions: bool = False) -> SetResult:
-    """Score one set; unreadable samples are left out of n and returned in ``skipped``."""
+    """Score one set; unreadable samples count as wrong predictions and are listed in ``unreadable``."""
     datasets = [LmdbDataset(leaf, tokenizer, (config.img_h, config.img_w), "test") for leaf in eval_set.leaves]
     loader = DataLoader(ConcatDataset(datasets), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=Collate(config.normalize_images), pin_memory=device.type == "cuda")
@@ -110,9 +109,10 @@ def evaluate_set(model: torch.nn.Module, tokenizer: Tokenizer, config: Config, e
     for dataset in datasets:
         offsets[dataset.path] = start
         start += len(dataset)
-    dropped = {offsets.get(path, 0) + index for path, index, _ in tracked.skipped}
+    unreadable = sorted((offsets.get(path, 0) + index, reason) for path, index, reason in tracked.skipped)
+    dropped = {position for position, _ in unreadable}
     positions = [p for p in range(1, start + 1) if p not in dropped] if keep_predictions else []
-    return SetResult(eval_set.name, result, tracked.skipped, positions)
+    return SetResult(eval_set.name, result, unreadable, positions)
 
 
 def compute_totals(results: list[SetResult]) -> dict[str, dict]:
@@ -121,11 +121,10 @@ def compute_totals(results: list[SetResult]) -> dict[str, dict]:
     standard = [r for r in results if r.name in STANDARD_BENCHMARKS]
     if standard:
         total = SetResult(f"total ({len(standard)}/{len(STANDARD_BENCHMARKS)} standard benchmarks)",
-                          weighted_total(r.result for r in standard), [s for r in standard for s in r.skipped])
+                          weighted_total(r.result for r in standard))
         totals["standard"] = {**total.row(), "datasets": [r.name for r in standard]}
     if len(standard) != len(results):
-        total = SetResult(f"total (all {len(results)} sets)", weighted_total(r.result for r in results),
-                          [s for r in results for s in r.skipped])
+        total = SetResult(f"total (all {len(results)} sets)", weighted_total(r.result for r in results))
         totals["all"] = {**total.row(), "datasets": [r.name for r in results]}
     return totals
 
@@ -136,9 +135,9 @@ def format_table(rows: list[dict], totals: list[dict]) -> str:
     rule = "-" * len(header)
 
     def line(r: dict) -> str:
-        skipped = f"  ({r['skipped']} unreadable skipped)" if r.get("skipped") else ""
+        unreadable = f"  ({r['unreadable']} unreadable, counted wrong)" if r.get("unreadable") else ""
         return (f"{r['name']:<{width}}  {r['n']:>8d}  {r['accuracy']:>8.2f}  {r['ned']:>6.4f}  "
-                f"{r['confidence']:>6.4f}{skipped}")
+                f"{r['confidence']:>6.4f}{unreadable}")
 
     lines = [header, rule, *map(line, rows)]
     if totals:
@@ -147,10 +146,16 @@ def format_table(rows: list[dict], totals: list[dict]) -> str:
 
 
 def write_predictions(path: str, results: list[SetResult]) -> None:
+    """One CSV row per sample, in index order; an unreadable sample has an empty prediction, ``correct`` 0 and
+    the reason in ``error``."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["dataset", "index", "prediction", "ground_truth", "correct", "confidence"])
+        writer.writerow(["dataset", "index", "prediction", "ground_truth", "correct", "confidence", "error"])
         for set_result in results:
-            for position, (prediction, target, confidence) in zip(set_result.positions, set_result.result.predictions):
-                correct = int(benchmark_normalize(prediction) == benchmark_normalize(target))
-                writer.writerow([set_result.name, position, prediction, target, correct, f"{confidence:.6f}"])
+            rows = [(position, [prediction, target, int(benchmark_normalize(prediction) == benchmark_normalize(target)),
+                                f"{confidence:.6f}", ""])
+                    for position, (prediction, target, confidence) in zip(set_result.positions,
+                                                                           set_result.result.predictions)]
+            rows += [(position, ["", "", 0, f"{0.0:.6f}", reason]) for position, reason in set_result.unreadable]
+            for position, fields in sorted(rows, key=lambda row: row[0]):
+                writer.writerow([set_result.name, position, *fields])

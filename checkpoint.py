@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,18 +35,54 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message is one line naming the file and what is wrong."""
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    """One line saying why ``torch.load(weights_only=True)`` failed on ``path``."""
+    message = str(error)
+    if isinstance(error, EOFError) or "central directory" in message or "zip archive" in message:
+        return CheckpointError(f"{path}: truncated or corrupt checkpoint (the file ends before the data it "
+                               f"announces; was it copied or written completely?)")
+    found = _UNSUPPORTED_GLOBAL.search(message)
+    if found:
+        return CheckpointError(f"{path}: holds Python objects of type {found.group(1)}, which "
+                               f"torch.load(weights_only=True) refuses because unpickling them can run arbitrary "
+                               f"code; re-save it with tensors and plain containers only (e.g. model.state_dict())")
+    with open(path, "rb") as handle:
+        plain_pickle = handle.read(1) == b"\x80"
+    what = "a plain Python pickle, not written by torch.save" if plain_pickle else "not a PyTorch checkpoint"
+    first_line = message.splitlines()[0][:120] if message else "unreadable"
+    return CheckpointError(f"{path}: {what} ({error.__class__.__name__}: {first_line})")
+
+
 def read_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True`` of a file that must exist."""
+    """``torch.load`` with ``weights_only=True`` of a file that must exist. A missing file is a
+    FileNotFoundError; an empty, truncated or foreign file, or one whose pickle needs ``weights_only=False``,
+    is a :class:`CheckpointError` naming the file and the reason."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    # torch.load reports foreign bytes as any of these (a text file: KeyError); each becomes one clear line
+    except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, ValueError, AttributeError, IndexError,
+            UnicodeDecodeError) as error:
+        raise _unreadable(path, error) from error
 
 
 def check_checkpoint(checkpoint: Any, path: str | os.PathLike) -> dict[str, Any]:
-    """``checkpoint`` if it has the format ``train.py`` writes, else a ValueError naming ``path``."""
+    """``checkpoint`` if it has the format ``train.py`` writes, else a CheckpointError naming ``path``."""
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise ValueError(f"{path}: not a checkpoint of this repository (expected keys 'model' and 'config')")
+        found = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path}: not a checkpoint of this repository (expected keys 'model' and 'config', "
+                              f"found {found})")
     return checkpoint
 
 
@@ -75,38 +112,67 @@ def upgraded_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {("siga." + key if key.startswith(_FORMAT_1_SIGA_HEADS) else key): value for key, value in state.items()}
 
 
+def weights_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from loading into ``model`` strictly, in one line ('' if nothing)."""
+    ours = model.state_dict()
+    missing, unexpected = sorted(ours.keys() - state.keys()), sorted(state.keys() - ours.keys())
+    reshaped = [key for key in ours if key in state and tuple(state[key].shape) != tuple(ours[key].shape)]
+    problems = [f"{len(missing)} missing tensors {missing[:3]}" if missing else "",
+                f"{len(unexpected)} unexpected tensors {unexpected[:3]}" if unexpected else "",
+                f"{len(reshaped)} of other shape ("
+                + ", ".join(f"{key} {tuple(state[key].shape)} vs {tuple(ours[key].shape)}" for key in reshaped[:3]) + ")"
+                if reshaped else ""]
+    return "; ".join(problem for problem in problems if problem)
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any], model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a checkpoint's weights into ``model`` (built from its config), naming ``path`` on mismatch."""
-    try:
-        model.load_state_dict(upgraded_state_dict(checkpoint))
-    except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not fit the {checkpoint['config'].get('model')} model: {error}") from error
+    """Load a checkpoint's weights into ``model``; a mismatch is one CheckpointError line naming ``path``."""
+    state = upgraded_state_dict(checkpoint)
+    problem = weights_mismatch(model, state)
+    if problem:
+        ours = model.state_dict()
+        classifier = "(the classifier's class count differs: another charset) " if any(
+            key.endswith("generator.weight") and key in state and state[key].shape != ours[key].shape
+            for key in ours) else ""
+        raise CheckpointError(f"{path}: weights of a {checkpoint['config'].get('model')} checkpoint do not fit "
+                              f"this {type(model).__name__} {classifier}— {problem}")
+    model.load_state_dict(state)
 
 
-def check_finetune_charset(checkpoint: dict[str, Any], tokenizer: Tokenizer, path: str | os.PathLike) -> None:
-    """Fine-tuning keeps the classifier: the checkpoint's charset must be this run's."""
+def check_expected_model(found: str, expected: str | None, path: str | os.PathLike, official: bool = False) -> None:
+    """A checkpoint of model ``found`` where the caller asked for ``expected`` (None: any) is an error."""
+    if expected is not None and found != expected:
+        kind = "an official" if official else "a"
+        raise CheckpointError(f"{path}: {kind} {found} checkpoint, not {expected}")
+
+
+def check_finetune_source(checkpoint: dict[str, Any], config: Config, tokenizer: Tokenizer,
+                          path: str | os.PathLike) -> None:
+    """Fine-tuning keeps every layer: the checkpoint must be of this run's model and charset."""
+    check_expected_model(checkpoint["config"].get("model"), config.model, path)
     if checkpoint["charset"] != tokenizer.charset:
-        raise ValueError(f"{path}: charset differs from this run's ({len(checkpoint['charset'])} vs "
-                         f"{len(tokenizer.charset)} characters)")
+        raise CheckpointError(f"{path}: charset differs from this run's ({len(checkpoint['charset'])} vs "
+                              f"{len(tokenizer.charset)} characters)")
 
 
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Tokenizer, Config]:
-    """Rebuild the model of a checkpoint written by ``train.py`` or of the authors' released SIGA_R
-    checkpoint (``{'net': ...}``), on ``device`` and in eval mode.
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", expected_model: str | None = None
+               ) -> tuple[torch.nn.Module, Tokenizer, Config]:
+    """Rebuild the model of a checkpoint written by ``train.py`` or of the authors' released checkpoints
+    (``{'net': ...}``), on ``device`` and in eval mode; ``expected_model`` (e.g. "SIGA_R") refuses any other.
 
-    The single place where checkpoints become models (test.py and demo.py both use it). Raises
-    ``FileNotFoundError`` for a missing file and ``ValueError`` for something that is not a checkpoint.
+    The single place where checkpoints become models. Raises ``FileNotFoundError`` for a missing file and a
+    one-line :class:`CheckpointError` (a ValueError) for anything else that keeps it from loading.
     """
-    try:
-        raw = read_checkpoint_file(path, map_location="cpu")
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:  # not a torch file, truncated, or unsafe
-        raise ValueError(f"{path}: not a readable checkpoint ({error.__class__.__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    raw = read_checkpoint_file(path, map_location="cpu")
     if is_official_checkpoint(raw):
-        model, config = official_model(raw, path)
+        model, config = official_model(raw, path, variant=expected_model)
         return model.to(device).eval(), Tokenizer.from_config(config), config
     checkpoint = check_checkpoint(raw, path)
-    config = Config.from_dict(checkpoint["config"])
+    try:
+        config = Config.from_dict(checkpoint["config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its config is not valid for this version ({error})") from error
+    check_expected_model(config.model, expected_model, path)
     if checkpoint.get("charset"):
         tokenizer = Tokenizer(checkpoint["charset"], config.max_label_length, config.sensitive, config.token_layout)
     else:
@@ -281,24 +347,26 @@ def official_variant(state_dict: dict[str, torch.Tensor], source: str | Path) ->
     keys = {key.removeprefix("module.") for key in state_dict}
     found = [variant for variant, signature in OFFICIAL_SIGNATURES.items() if signature in keys]
     if len(found) != 1:
-        raise ValueError(f"{source}: not an official SIGA_R, SIGA_S or SIGA_T state_dict (signature keys "
+        raise CheckpointError(f"{source}: not an official SIGA_R, SIGA_S or SIGA_T state_dict (signature keys "
                          f"{sorted(OFFICIAL_SIGNATURES.values())} not found)")
     return found[0]
 
 
 def official_model(checkpoint: dict, source: str | Path = "official checkpoint", config: Config | None = None,
                    variant: str | None = None) -> tuple[nn.Module, Config]:
-    """The released model (``variant``, by default told by its keys) with the weights of an official
-    checkpoint dict (``{'net': state_dict, ...}``)."""
+    """The released model with the weights of an official checkpoint dict (``{'net': state_dict, ...}``), told by
+    its keys; ``variant`` (e.g. "SIGA_S") refuses a checkpoint of another released model."""
     if not is_official_checkpoint(checkpoint):
-        raise ValueError(f"{source}: not an official SIGA checkpoint (expected a dict with 'net')")
-    variant = variant or official_variant(checkpoint["net"], source)
+        raise CheckpointError(f"{source}: not an official SIGA checkpoint (expected a dict with 'net')")
+    detected = official_variant(checkpoint["net"], source)
+    check_expected_model(detected, variant, source, official=True)
+    variant = detected
     config = config or official_config(checkpoint["net"], variant)
     model = build_model(config)
     try:
         model.load_state_dict(convert_official_state_dict(model, checkpoint["net"], variant))
     except ValueError as error:
-        raise ValueError(f"{source}: {error}") from error
+        raise CheckpointError(f"{source}: {error}") from error
     return model, config
 
 

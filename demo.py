@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from inference import image_paths_for_cli, load_for_inference, readable_images, recognize, unreadable_report
-from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
+from inference import Recognizer, image_paths_for_cli, readable_images, unreadable_report
+from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -36,20 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     retain_freed_cpu_memory()
     try:
-        model, tokenizer, config, device = load_for_inference(args.checkpoint, args.device, args.channels_last)
+        recognizer = Recognizer.from_checkpoint(args.checkpoint, args.device, args.amp, args.channels_last,
+                                                args.batch_size)
     except ValueError as error:
         parser.error(str(error))
     paths = image_paths_for_cli(args.images)
     if not paths:
         return 1
-    amp_dtype = AMP_DTYPES[args.amp]
 
     read = 0
     readable = readable_images(paths)
     while batch := list(itertools.islice(readable, args.batch_size)):
         names, images = zip(*batch)
         read += len(images)
-        recognitions = recognize(model, tokenizer, config, list(images), device, args.batch_size, amp_dtype)
+        recognitions = recognizer.read(images)
         for name, recognition in zip(names, recognitions):
             print(f"{name}\t{recognition.text}\t{recognition.confidence:.4f}", flush=True)
     return unreadable_report(read, len(paths))

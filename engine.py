@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from checkpoint import (atomic_save, check_finetune_charset, load_checkpoint, load_pretrained_vit, load_tps,
+from checkpoint import (atomic_save, check_finetune_source, load_checkpoint, load_pretrained_vit, load_tps,
                         model_from_checkpoint, training_state)
 from config import Config, make_config
 from dataset import Batch, SkipTally
@@ -233,10 +233,12 @@ class Trainer:
         as one process scoring the whole sets)."""
         local = [evaluate(self.model, loader, self.tokenizer, self.env.device, amp_dtype=self.amp_dtype)
                  for loader in loaders.values()]
+        fields = 5  # the numeric fields of EvalResult, in order
         sums = sum_across_ranks([value for r in local for value in (r.num_samples, r.num_correct, r.ned_sum,
-                                                                   r.confidence_sum)], self.env)
-        results = {name: EvalResult(int(round(sums[4 * i])), int(round(sums[4 * i + 1])), sums[4 * i + 2],
-                                    sums[4 * i + 3]) for i, name in enumerate(loaders)}
+                                                                   r.confidence_sum, r.num_unreadable)], self.env)
+        results = {name: EvalResult(int(round(sums[fields * i])), int(round(sums[fields * i + 1])),
+                                    sums[fields * i + 2], sums[fields * i + 3], int(round(sums[fields * i + 4])))
+                   for i, name in enumerate(loaders)}
         return results, weighted_total(results.values())
 
     def save(self, names: list[str], iteration: int, best_accuracy: float) -> None:
@@ -406,7 +408,7 @@ def build_training_model(options: RunOptions, config: Config, tokenizer: Tokeniz
         model_from_checkpoint(checkpoint, model, options.resume)
     elif options.finetune:
         tuned = load_checkpoint(options.finetune)
-        check_finetune_charset(tuned, tokenizer, options.finetune)
+        check_finetune_source(tuned, config, tokenizer, options.finetune)
         model_from_checkpoint(tuned, model, options.finetune)
     model.to(env.device)
     if env.is_distributed and options.sync_bn:

@@ -31,12 +31,14 @@ def normalized_edit_similarity(prediction: str, target: str) -> float:
 
 @dataclass
 class EvalResult:
-    """Word accuracy (%), mean normalised edit similarity, mean confidence over ``num_samples``."""
+    """Word accuracy (%), mean normalised edit similarity, mean confidence over ``num_samples``, of which
+    ``num_unreadable`` could not be decoded and count as wrong (similarity and confidence 0)."""
 
     num_samples: int = 0
     num_correct: int = 0
     ned_sum: float = 0.0
     confidence_sum: float = 0.0
+    num_unreadable: int = 0
     predictions: list[tuple[str, str, float]] = field(default_factory=list)  # (prediction, target, conf)
 
     @property
@@ -61,12 +63,18 @@ class EvalResult:
             if keep:
                 self.predictions.append((prediction, target, confidence))
 
+    def add_unreadable(self, count: int) -> None:
+        """``count`` samples that could not be read: in n, never correct."""
+        self.num_samples += count
+        self.num_unreadable += count
+
 
 def weighted_total(results: Iterable[EvalResult]) -> EvalResult:
     """Sample-weighted combination of several datasets' results (SPEC §6 'total')."""
     total = EvalResult()
     for result in results:
         total.num_samples += result.num_samples
+        total.num_unreadable += result.num_unreadable
         total.num_correct += result.num_correct
         total.ned_sum += result.ned_sum
         total.confidence_sum += result.confidence_sum
@@ -98,11 +106,11 @@ def predict(model: torch.nn.Module, images: torch.Tensor, tokenizer: Tokenizer, 
 def evaluate(model: torch.nn.Module, loader: Iterable, tokenizer: Tokenizer, device: torch.device | str,
              keep_predictions: bool = False, amp_dtype: torch.dtype | None = None) -> EvalResult:
     """Greedy predictions of ``model`` in eval mode over the ``loader``'s batches (``dataset.Batch``), scored
-    with the standard protocol. Batches that lost every sample to corruption are passed over (their samples
-    are reported by the loader's ``skipped``)."""
+    with the standard protocol. Samples the collate could not decode (a batch's ``skipped``) count as wrong."""
     result = EvalResult()
     with evaluation_mode(model):
         for batch in loader:
+            result.add_unreadable(len(batch.skipped))
             if len(batch):
                 predictions, confidences = predict(model, batch.images, tokenizer, device, amp_dtype)
                 result.add(predictions, batch.labels, confidences, keep_predictions)

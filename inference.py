@@ -7,30 +7,32 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 from natsort import natsorted
 from PIL import Image, ImageOps
 
+from char_attention import locate_peaks
 from checkpoint import load_model
 from config import Config
 from dataset import Collate, Sample
 from evaluation import evaluation_mode, predict
 from tokenizer import Tokenizer
-from utils import use_channels_last
+from utils import AMP_DTYPES, autocast, use_channels_last
 
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 _GLOB_CHARS = frozenset("*?[")
 
 
-def load_for_inference(checkpoint: str | os.PathLike, device_name: str, channels_last: str = "auto"
-                       ) -> tuple[torch.nn.Module, Tokenizer, Config, torch.device]:
+def load_for_inference(checkpoint: str | os.PathLike, device_name: str, channels_last: str = "auto",
+                       expected_model: str | None = None) -> tuple[torch.nn.Module, Tokenizer, Config, torch.device]:
     """``checkpoint.load_model`` on the named device, in the memory format ``channels_last`` asks for (see
-    ``utils.use_channels_last``). A missing file, an unusable device or an unloadable checkpoint is a
-    ValueError whose message names it (entry points report it as a usage error)."""
+    ``utils.use_channels_last``). A missing file, an unusable device or an unloadable checkpoint (or one of
+    another model than ``expected_model``) is a one-line ValueError naming it (entry points report it as a
+    usage error)."""
     if not Path(checkpoint).is_file():
         raise ValueError(f"checkpoint not found: {checkpoint}")
     try:
@@ -38,10 +40,7 @@ def load_for_inference(checkpoint: str | os.PathLike, device_name: str, channels
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as error:
         raise ValueError(f"device {device_name!r} is not usable: {error}") from error
-    try:
-        model, tokenizer, config = load_model(checkpoint, device)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        raise ValueError(f"cannot load checkpoint {checkpoint}: {error}") from error
+    model, tokenizer, config = load_model(checkpoint, device, expected_model)
     use_channels_last(model, channels_last, device, training=False)
     return model, tokenizer, config, device
 
@@ -183,21 +182,122 @@ def preprocess(images: Sequence[Image.Image], config: Config) -> torch.Tensor:
     return Collate(config.normalize_images)(samples).images
 
 
+#: what :meth:`Recognizer.read` accepts as one image
+ImageInput = Union[Image.Image, np.ndarray, str, os.PathLike]
+
+
+def array_to_image(array: np.ndarray) -> Image.Image:
+    """An RGB PIL image from an H×W (gray) or H×W×C array with C = 1, 3 (RGB order) or 4 (RGBA).
+
+    uint8 is taken as is, bool as 0/255, uint16 scaled by 1/257, floats as [0, 1] if their maximum is ≤ 1,
+    else clipped to [0, 255]. Other shapes or dtypes are a ValueError saying what was given."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape[:2]:
+        raise ValueError(f"image array of shape {array.shape}: expected H×W, or H×W×C with C = 1, 3 or 4")
+    if array.dtype == np.uint8:
+        pixels = array
+    elif array.dtype == np.bool_:
+        pixels = array.astype(np.uint8) * 255
+    elif array.dtype == np.uint16:
+        pixels = _scale_to_uint8(array, 65535.0)
+    elif np.issubdtype(array.dtype, np.floating):
+        finite = np.nan_to_num(array.astype(np.float64))
+        pixels = _scale_to_uint8(finite, 1.0 if finite.max() <= 1.0 else 255.0)
+    else:
+        raise ValueError(f"image array of dtype {array.dtype}: expected uint8, uint16, bool or float")
+    return to_rgb(Image.fromarray(np.ascontiguousarray(pixels)))
+
+
+def as_rgb_image(image: ImageInput) -> Image.Image:
+    """An 8-bit RGB PIL image from a PIL image, a numpy array (:func:`array_to_image`) or an image file path."""
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, np.ndarray):
+        return array_to_image(image)
+    if isinstance(image, (str, os.PathLike)):
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"{image}: no such image file")
+        return load_image(image)
+    raise TypeError(f"cannot read an image from {type(image).__name__}: give a PIL image, a numpy array or a path")
+
+
 @dataclass
 class Recognition:
+    """One image's reading: the greedy ``text`` and its ``confidence`` (product of the per-character
+    maximum probabilities, EOS included). With ``locate=True`` also, per character, where the model read it:
+    ``char_positions`` as (x, y) pixels of the image as given (the glyph-map peak of a SIGA model, else the
+    1-D attention peak at the rectified line's centre, carried back through the TPS grid; see
+    ``char_attention``), and ``attention``, the decoder's 1-D attention [steps, T] over the T columns of the
+    visual sequence, one row per decoding step through EOS."""
+
     text: str
     confidence: float
+    char_positions: list[tuple[float, float]] | None = None
+    attention: np.ndarray | None = None
 
 
-def recognize(model: torch.nn.Module, tokenizer: Tokenizer, config: Config, images: Sequence[Image.Image],
-              device: torch.device | str = "cpu", batch_size: int = 32,
-              amp_dtype: torch.dtype | None = None) -> list[Recognition]:
-    """Greedy predictions for PIL images, in batches of ``batch_size``, with the model in eval mode."""
-    results: list[Recognition] = []
-    batch_size = max(batch_size, 1)
-    with evaluation_mode(model):
-        for start in range(0, len(images), batch_size):
-            batch = preprocess(images[start : start + batch_size], config)
-            texts, confidences = predict(model, batch, tokenizer, device, amp_dtype)
-            results.extend(Recognition(text, confidence) for text, confidence in zip(texts, confidences))
-    return results
+class Recognizer:
+    """A trained model ready to read words: ``Recognizer.from_checkpoint(path)(images)``.
+
+    Takes PIL images, numpy arrays and image file paths, preprocesses them exactly like the LMDB datasets
+    (bicubic resize to the model's input, the config's normalisation) and decodes greedily in batches.
+    ``demo.py``, ``test.py`` and the ``hubconf.py`` entries load models through it.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: Config,
+                 device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None, batch_size: int = 32):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+        self.device, self.amp_dtype, self.batch_size = torch.device(device), amp_dtype, batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | None = None, amp: str = "off",
+                        channels_last: str = "auto", batch_size: int = 32,
+                        expected_model: str | None = None) -> "Recognizer":
+        """Load a checkpoint of this repo or an official one; ``device`` defaults to CUDA when present;
+        ``amp`` is "off" or "bf16"; ``expected_model`` (e.g. "SIGA_R") refuses a checkpoint of another model.
+        Every loading problem is a one-line ValueError naming the file (FileNotFoundError if it is missing)."""
+        if amp not in ("off", "bf16"):
+            raise ValueError(f"amp must be 'off' or 'bf16', got {amp!r}")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, tokenizer, config, torch_device = load_for_inference(path, device, channels_last, expected_model)
+        return cls(model, tokenizer, config, torch_device, AMP_DTYPES[amp], batch_size)
+
+    def read(self, images: Sequence[ImageInput], locate: bool = False) -> list[Recognition]:
+        """One :class:`Recognition` per image, in order; ``locate`` adds where each character was read (a
+        traced decoding: same texts, slightly slower)."""
+        pictures = [as_rgb_image(image) for image in images]
+        results: list[Recognition] = []
+        with evaluation_mode(self.model):
+            for start in range(0, len(pictures), self.batch_size):
+                chunk = pictures[start : start + self.batch_size]
+                batch = preprocess(chunk, self.config)
+                if locate:
+                    results.extend(self._located(batch, [picture.size for picture in chunk]))
+                else:
+                    texts, confidences = predict(self.model, batch, self.tokenizer, self.device, self.amp_dtype)
+                    results.extend(Recognition(text, confidence) for text, confidence in zip(texts, confidences))
+        return results
+
+    @torch.inference_mode()
+    def _located(self, batch: torch.Tensor, sizes: list[tuple[int, int]]) -> list[Recognition]:
+        """Readings of a preprocessed batch with the character positions in images of ``sizes`` (w, h)."""
+        with autocast(self.device, self.amp_dtype):
+            trace = self.model.trace(batch.to(self.device))
+        texts, confidences = self.tokenizer.decode(trace.logits)
+        peaks = locate_peaks(trace, torch.tensor(sizes), self.tokenizer.eos_id)
+        positions = peaks.original["glyph" if "glyph" in peaks.original else "1d"].cpu().numpy()
+        attention = trace.attention.float().cpu().numpy()
+        steps = peaks.steps.tolist()
+        return [Recognition(text, confidence, [(float(x), float(y)) for x, y in positions[row, : len(text)]],
+                            attention[row, :, : steps[row]].T.copy())
+                for row, (text, confidence) in enumerate(zip(texts, confidences))]
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], locate: bool = False
+                 ) -> Recognition | list[Recognition]:
+        """One image → its Recognition; a list or tuple of images → a list."""
+        if isinstance(images, (list, tuple)):
+            return self.read(images, locate)
+        return self.read([images], locate)[0]

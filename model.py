@@ -14,7 +14,7 @@ import torch.nn as nn
 from config import Config
 from modules.decoders import AttentionDecoder
 from modules.glyph_attention import GlyphAttentionNetwork, SvtrGlyphAttentionNetwork, ViTGlyphAttentionNetwork
-from modules.outputs import Prediction, RecognitionOutput, SigaOutput
+from modules.outputs import GlyphTrace, Prediction, RecognitionOutput, SigaOutput, Trace
 from modules.resnet import ResNet45
 from modules.sequence import bilstm_stack
 from modules.siga import SigaHeads
@@ -44,6 +44,14 @@ class AttentionRecognizer(nn.Module):
         if text_in is None:
             return Prediction(decoded.logits, {})
         return RecognitionOutput(decoded.logits, decoded.attention)
+
+    def trace(self, images: torch.Tensor, max_steps: int | None = None) -> Trace:
+        """Greedy decoding as ``forward(images)`` (same logits) that also returns the attention decoder's α and
+        the rectifier's sampling grid, to locate what each step read (``char_attention``)."""
+        rectified, grid = self.transformation.rectify_with_grid(images)
+        contextual = self.sequence(self.backbone(rectified).sequence)
+        decoded = self.decoder(contextual, max_steps=max_steps)
+        return Trace(decoded.logits, decoded.attention, grid)
 
 
 class GlyphAttentionRecognizer(nn.Module):
@@ -77,6 +85,15 @@ class GlyphAttentionRecognizer(nn.Module):
         logits, attention, auxiliary = self.siga.teacher_forced(features.sequence, glyph, text_in)
         return SigaOutput(logits, attention, rectified_mask, auxiliary, glyph.seg_logits, glyph.logits_low,
                           glyph.logits_mid)
+
+    def trace(self, images: torch.Tensor, max_steps: int | None = None) -> GlyphTrace:
+        """Greedy decoding as ``forward(images)`` (same logits) that also returns both fusion decoders' α, the
+        glyph logits and the rectifier's sampling grid, to locate what each step read (``char_attention``)."""
+        rectified, grid = self.transformation.rectify_with_grid(images)
+        features = self.backbone(rectified)
+        glyph = self.glyph(features.levels, segmentation=False)
+        logits, _, (first, second) = self.siga.traced_greedy(features.sequence, glyph, max_steps)
+        return GlyphTrace(logits, first, grid, second, glyph.logits_low, glyph.logits_mid)
 
 
 def tps(config: Config) -> TPSRectifier:

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from benchmarks import BENCHMARKS, SetResult, compute_totals, evaluate_set, format_table, resolve_eval_sets, write_predictions
-from inference import load_for_inference
-from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
+from char_attention import evaluate_char_attention, format_char_attention, load_char_boxes_for_sets
+from inference import Recognizer
+from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
                         help="convolutions in channels_last (auto: on CPU)")
     parser.add_argument("--save_predictions", metavar="CSV", help="write per-sample predictions to this CSV file")
     parser.add_argument("--json", metavar="PATH", help="write the table (per set and totals) as JSON")
+    parser.add_argument("--char_boxes", metavar="JSON", help="ground-truth character boxes keyed by 1-based sample "
+                        "index (e.g. ../shared/data/IIIT5k_train_2000_charbounds.json): also report how often "
+                        "decoding step i's attention peaks inside character i's box (README, Character attention)")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch_size must be positive")
@@ -52,11 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     try:
-        model, tokenizer, config, device = load_for_inference(args.checkpoint, args.device, args.channels_last)
+        recognizer = Recognizer.from_checkpoint(args.checkpoint, args.device, args.amp, args.channels_last)
     except ValueError as error:
         parser.error(str(error))
+    model, tokenizer, config, device = recognizer.model, recognizer.tokenizer, recognizer.config, recognizer.device
     batch_size = args.batch_size or config.eval_batch_size
-    amp_dtype = AMP_DTYPES[args.amp]
+    amp_dtype = recognizer.amp_dtype
+    try:
+        boxes = load_char_boxes_for_sets(args.char_boxes, tokenizer, eval_sets) if args.char_boxes else None
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
 
     results: list[SetResult] = []
     for eval_set in eval_sets:
@@ -67,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as error:  # e.g. an LMDB without a valid num-samples
             print(f"error: {eval_set.name}: {error}", file=sys.stderr)
             return 1
-        for path, index, reason in set_result.skipped:
-            print(f"warning: {eval_set.name}: skipped {path} index {index}: {reason}", file=sys.stderr)
+        for index, reason in set_result.unreadable:
+            print(f"warning: {eval_set.name}: sample {index} unreadable ({reason}), counted as wrong", file=sys.stderr)
         results.append(set_result)
 
     rows = [r.row() for r in results]
@@ -80,12 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     shown_missing = missing if (args.benchmark_all_eval or len(missing) < len(BENCHMARKS)) else []
     if shown_missing:
         print(f"missing: {', '.join(shown_missing)}")
+    attention = []
+    if boxes is not None:
+        print("tracing the attention of every decoding step ...", file=sys.stderr, flush=True)
+        attention = [evaluate_char_attention(model, tokenizer, config, eval_set, boxes, device, batch_size,
+                                             args.workers, amp_dtype) for eval_set in eval_sets]
+        print(format_char_attention(attention))
     if args.save_predictions:
         write_predictions(args.save_predictions, results)
         print(f"predictions written to {args.save_predictions}")
     if args.json:
         report = {"checkpoint": str(args.checkpoint), "eval_data": str(args.eval_data), "datasets": rows,
                   "totals": totals, "missing": shown_missing}
+        if attention:
+            report["char_attention"] = [tally.row() for tally in attention]
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 

@@ -37,6 +37,33 @@ class SigaOutput(NamedTuple):
     glyph_logits_mid: torch.Tensor
 
 
+class Trace(NamedTuple):
+    """Greedy decoding of a glyph-free model with what each step looked at (``AttentionRecognizer.trace``):
+    ``logits`` [B, S', C] as the greedy ``Prediction``'s; the attention decoder's α [B, T, S'] over the T
+    columns of the visual sequence; the rectifier's sampling ``grid`` [B, H, W, 2]: for each rectified pixel
+    the input position (x, y) in [−1, 1] that ``grid_sample`` (align_corners=True) read (identity without a
+    rectifier)."""
+
+    logits: torch.Tensor
+    attention: torch.Tensor
+    grid: torch.Tensor
+
+
+class GlyphTrace(NamedTuple):
+    """Greedy decoding of a SIGA model with what each step looked at (``GlyphAttentionRecognizer.trace``):
+    ``logits``, ``attention`` and ``grid`` as in ``Trace``, with ``attention`` the first-slot fusion decoder's
+    α [B, T, S'] and ``attention_second`` the second slot's; the glyph logits ``glyph_logits_low``
+    [B, K, h_low, w_low] and ``glyph_logits_mid`` [B, K, h_mid, w_mid] (channel 0 background, channel k + 1
+    character slot k, i.e. decoding step k), whose spatial softmax per channel pools the glyph features."""
+
+    logits: torch.Tensor
+    attention: torch.Tensor
+    grid: torch.Tensor
+    attention_second: torch.Tensor
+    glyph_logits_low: torch.Tensor
+    glyph_logits_mid: torch.Tensor
+
+
 Output = TypeVar("Output", Prediction, RecognitionOutput, SigaOutput)
 
 

@@ -79,6 +79,20 @@ class SigaHeads(nn.Module):
                max_steps: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Only what the final prediction needs (SPEC §3.10): the fusion decoders (each feeding back its own
         argmax) and the final generator, in lockstep. Returns (final logits, fusion logits by name)."""
+        final, auxiliary, _ = self._decode(sequence, glyph, early_stop, max_steps, keep_attention=False)
+        return final, auxiliary
+
+    def traced_greedy(self, sequence: torch.Tensor, glyph: GlyphOutput, max_steps: int | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``greedy`` (with early stop) that also returns the first- and second-slot fusion decoders' attention
+        α [B, T, S'], which ``greedy`` does not keep."""
+        final, auxiliary, attention = self._decode(sequence, glyph, True, max_steps, keep_attention=True)
+        return final, auxiliary, attention
+
+    def _decode(self, sequence: torch.Tensor, glyph: GlyphOutput, early_stop: bool, max_steps: int | None,
+                keep_attention: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+        """The lockstep greedy loop of ``greedy``; the fusion decoders' α per step only when ``keep_attention``
+        (else the last element is empty)."""
         contextual = self.sequence(sequence)
         glyphs = self.glyph_slots(glyph)
         decoders = (self.fusion_decoder_low, self.fusion_decoder_mid)
@@ -89,14 +103,17 @@ class SigaHeads(nn.Module):
         tokens, final_token, final_state = [sos, sos], sos, None
         ended = torch.zeros(batch, dtype=torch.bool, device=sequence.device)
         logits: list[list[torch.Tensor]] = [[], [], []]
+        alphas: list[list[torch.Tensor]] = [[], []]
         for s in range(greedy_steps(self.num_steps, max_steps)):
             fused = []
             for i, decoder in enumerate(decoders):
-                states[i], step_logits, _, step_fused = decoder.step(states[i], contextual, starts[i][1], tokens[i],
-                                                                     glyphs[i][:, s])
+                states[i], step_logits, alpha, step_fused = decoder.step(states[i], contextual, starts[i][1],
+                                                                         tokens[i], glyphs[i][:, s])
                 tokens[i] = step_logits.argmax(1)
                 logits[i].append(step_logits)
                 fused.append(step_fused)
+                if keep_attention:
+                    alphas[i].append(alpha)
             complementary = self.dropout(self.projection(self.fusion(*fused)))
             final_state, step_logits = self.final_decoder.step(final_state, complementary, final_token)
             final_token = step_logits.argmax(1)
@@ -105,4 +122,5 @@ class SigaHeads(nn.Module):
             if early_stop and bool(ended.all()):
                 break
         low, mid, final = (torch.stack(step_logits, 1) for step_logits in logits)
-        return final, {"fusion_low": low, "fusion_mid": mid}
+        attention = tuple(torch.stack(step_alphas, 2) for step_alphas in alphas) if keep_attention else ()
+        return final, {"fusion_low": low, "fusion_mid": mid}, attention

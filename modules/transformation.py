@@ -134,16 +134,39 @@ class TPSRectifier(nn.Module):
 
         Always in float32, also under autocast: bfloat16 errors in the fiducials shift the whole sampling
         grid, and the TPS is a small share of the model's FLOPs (README, Benchmark)."""
-        with torch.autocast(image.device.type, enabled=False):
-            return self._rectify(image.to(torch.promote_types(image.dtype, torch.float32)), mask)
-
-    def _rectify(self, image: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        grid = self.grid_generator(self.localization(image))
-        rectified = F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=True)
-        if mask is None:
-            return rectified, None
-        warped_mask = F.grid_sample(mask.to(grid.dtype), grid, mode="bilinear", padding_mode="border", align_corners=True)
+        rectified, warped_mask, _ = self._rectify(image, mask)
         return rectified, warped_mask
+
+    def rectify_with_grid(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rectified image and the sampling grid [B, H, W, 2] that made it: input coordinates in [−1, 1]
+        (x, y), read by ``grid_sample`` with ``align_corners=True`` (for tracing where a model looked)."""
+        rectified, _, grid = self._rectify(image, None)
+        return rectified, grid
+
+    def _rectify(self, image: torch.Tensor, mask: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        with torch.autocast(image.device.type, enabled=False):
+            image = image.to(torch.promote_types(image.dtype, torch.float32))
+            grid = self.grid_generator(self.localization(image))
+            rectified = F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border",
+                                      align_corners=True)
+            if mask is None:
+                return rectified, None, grid
+            warped_mask = F.grid_sample(mask.to(grid.dtype), grid, mode="bilinear", padding_mode="border",
+                                        align_corners=True)
+            return rectified, warped_mask, grid
+
+
+def identity_grid(image: torch.Tensor) -> torch.Tensor:
+    """The sampling grid [B, H, W, 2] of no warp for image [B, C, H, W]: with ``align_corners=True`` output pixel
+    (i, j) reads input pixel (i, j) (up to float rounding). On the image's device, in its floating dtype (float32
+    at least)."""
+    batch, _, height, width = image.shape
+    dtype = torch.promote_types(image.dtype, torch.float32)
+    xs = torch.linspace(-1.0, 1.0, width, device=image.device, dtype=dtype)
+    ys = torch.linspace(-1.0, 1.0, height, device=image.device, dtype=dtype)
+    grid = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width)], -1)
+    return grid.expand(batch, height, width, 2)
 
 
 class NoRectifier(nn.Module):
@@ -151,3 +174,7 @@ class NoRectifier(nn.Module):
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         return image, mask
+
+    def rectify_with_grid(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image unchanged and the identity sampling grid (see ``TPSRectifier.rectify_with_grid``)."""
+        return image, identity_grid(image)

@@ -26,7 +26,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: evaluation set → (rendered words, 0-based positions labelled with their own reading, 1-based corrupt indices)
 SETS = {"IIIT5k_3000": (WORDS[:10], {0, 1, 2, 5, 7, 9}, ()),  # 6/10 right
         "SVT": (WORDS[10:], {0, 3}, ()),  # 2/10 right
-        "extra/custom": (WORDS[3:7], {0, 2}, (2,))}  # 2/3 right, one unreadable
+        "extra/custom": (WORDS[3:7], {0, 2}, (2,))}  # 2/4 right: the unreadable sample counts as wrong
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -100,7 +100,7 @@ def wrong_label(reading: str, position: int) -> str:
 @pytest.fixture(scope="module")
 def bench(tiny, tmp_path_factory):
     """An evaluation root with the LMDBs of SETS, and per set the expected CSV rows (LMDB index, reading,
-    normalised label, right or not, confidence)."""
+    normalised label, right or not, confidence); an unreadable sample's row is empty and wrong."""
     root = tmp_path_factory.mktemp("eval") / "evaluation"
     expected = {}
     for name, (words, right, corrupt) in SETS.items():
@@ -109,7 +109,9 @@ def bench(tiny, tmp_path_factory):
             reading, confidence = reference_reading(tiny, render_word(word))
             label = reading.upper() + "!" if position in right else wrong_label(reading, position)
             labels.append(label)
-            if position + 1 not in corrupt:
+            if position + 1 in corrupt:
+                rows.append(SimpleNamespace(index=position + 1, prediction="", target="", correct=0, confidence=0.0))
+            else:
                 rows.append(SimpleNamespace(index=position + 1, prediction=reading, target=normalize(label),
                                             correct=int(position in right), confidence=confidence))
         make_word_lmdb(root / name, words, corrupt_indices=corrupt, labels=labels)
@@ -146,14 +148,16 @@ def test_test_py_on_benchmark_root(tiny, bench, tmp_path):
     missing = missing_line.removeprefix("missing:").replace(",", " ").split()
     assert missing == ["IC03_860", "IC03_867", "IC13_857", "IC13_1015", "IC15_1811", "IC15_2077", "SVTP", "CUTE80",
                        "MPSC", "ArbitText"]
-    assert "skipped" in err and "index 2" in err  # the corrupt sample is reported
+    assert "sample 2 unreadable" in err and "counted as wrong" in err  # the corrupt sample is reported
+    assert re.search(r"extra/custom\s+4\s+50\.00 .*\(1 unreadable, counted wrong\)", out)  # n is never shrunk
     assert "total (2/10 standard benchmarks)" in out and "total (all 3 sets)" in out
 
     report = json.loads(json_path.read_text())
     rows = {row["name"]: row for row in report["datasets"]}
     assert list(rows) == list(SETS)
-    assert [rows[name]["accuracy"] for name in SETS] == pytest.approx([60.0, 20.0, 200 / 3])
-    assert rows["extra/custom"]["skipped"] == 1
+    assert [rows[name]["accuracy"] for name in SETS] == pytest.approx([60.0, 20.0, 50.0])
+    assert rows["extra/custom"]["unreadable"] == 1 and rows["extra/custom"]["n"] == 4
+    assert report["totals"]["all"]["unreadable"] == 1 and report["totals"]["all"]["n"] == 24
     for name, expected in bench.expected.items():
         assert_scores(rows[name], scores(expected), name)
     standard = report["totals"]["standard"]
@@ -163,13 +167,14 @@ def test_test_py_on_benchmark_root(tiny, bench, tmp_path):
 
     with open(csv_path, newline="", encoding="utf-8") as handle:
         records = list(csv.DictReader(handle))
-    assert list(records[0]) == ["dataset", "index", "prediction", "ground_truth", "correct", "confidence"]
+    assert list(records[0]) == ["dataset", "index", "prediction", "ground_truth", "correct", "confidence", "error"]
     for name, expected in bench.expected.items():
         written = [r for r in records if r["dataset"] == name]
         assert [(int(r["index"]), r["prediction"], r["ground_truth"], int(r["correct"])) for r in written] == \
-            [(e.index, e.prediction, e.target, e.correct) for e in expected], name  # corrupt index 2 left out
+            [(e.index, e.prediction, e.target, e.correct) for e in expected], name
+        assert [bool(r["error"]) for r in written] == [e.target == "" for e in expected], name  # reason given
         assert [float(r["confidence"]) for r in written] == pytest.approx([e.confidence for e in expected], abs=1e-6)
-    assert len(records) == 23
+    assert len(records) == 24
 
 
 def test_test_py_single_lmdb_and_benchmark_only(tiny, bench, tmp_path):

@@ -17,12 +17,14 @@ def test_metrics():
     assert result.mean_confidence == pytest.approx(0.375)
     other = EvalResult()
     other.add(["x"], ["x"], [1.0], keep=False)
+    other.add_unreadable(1)
     total = weighted_total([result, other])
-    assert total.num_samples == 3 and total.accuracy == pytest.approx(200 / 3)
+    assert total.num_samples == 4 and total.num_unreadable == 1 and total.accuracy == pytest.approx(50.0)
 
 
-def test_evaluate_restores_the_training_mode_and_skips_empty_batches():
-    """Validation inside training must hand the model back in train mode (dropout, batch statistics)."""
+def test_evaluate_restores_the_training_mode_and_counts_unreadable_samples_as_wrong():
+    """Validation inside training must hand the model back in train mode (dropout, batch statistics); samples the
+    collate could not decode stay in n as wrong predictions, also when a whole batch was lost."""
     import torch
 
     from config import make_config
@@ -32,9 +34,11 @@ def test_evaluate_restores_the_training_mode_and_skips_empty_batches():
 
     config = make_config("tiny")
     model = build_model(config).train()
-    batches = [Batch(torch.randn(2, 3, 32, 128), None, ["ab", "cd"], []), Batch(torch.empty(0, 3, 0, 0), None, [], [])]
+    batches = [Batch(torch.randn(2, 3, 32, 128), None, ["ab", "cd"], [("db", 3, "not an image")]),
+               Batch(torch.empty(0, 3, 0, 0), None, [], [("db", 4, "not an image"), ("db", 5, "empty")])]
     result = evaluate(model, batches, Tokenizer.from_config(config), "cpu")
-    assert model.training and result.num_samples == 2
+    assert model.training and result.num_samples == 5 and result.num_unreadable == 3
+    assert result.num_correct <= 2 and result.accuracy <= 40.0
     model.eval()
     evaluate(model, batches, Tokenizer.from_config(config), "cpu")
     assert not model.training

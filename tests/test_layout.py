@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("modules", "synth", "tools", "mask_create")
-ENTRY_POINTS = ("train", "test", "demo", "bench")
+ENTRY_POINTS = ("train", "test", "demo", "bench", "hubconf")
 
 #: every module of the repository and its layer; a module may import modules of its own layer or below
 LAYERS: dict[int, tuple[str, ...]] = {
@@ -19,7 +19,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     1: ("config", "tokenizer", "utils", "lmdb_io", "distributed", "synth.*"),  # synth: the data engine
     2: ("dataset", "samplers", "model", "optimization"),
     3: ("checkpoint", "evaluation", "loaders"),
-    4: ("inference", "benchmarks", "engine"),
+    4: ("inference", "benchmarks", "engine", "char_attention", "onnx_export"),
     5: ("benchmarking",),
     6: ("tools.*", "mask_create.*"),
     7: ENTRY_POINTS,

@@ -201,3 +201,42 @@ def test_unknown_model_rejected():
     with pytest.raises(ValueError, match="unknown model"):
         build_model(make_config("tiny", model="CRNN"))
     assert isinstance(build_model(make_config("tiny")), AttentionRecognizer)
+
+
+@pytest.mark.parametrize("name", ["TRBA", "SIGA_R", "TSBA", "SIGA_S", "VITBA", "SIGA_T"])
+def test_trace_is_the_greedy_decoding_with_its_maps(name):
+    """``trace`` returns the greedy logits unchanged, the decoder's α over the visual sequence's columns, the
+    rectifier's grid (the one that made the rectified image; identity without a rectifier) and, for SIGA, the
+    glyph logits of both scales."""
+    torch.manual_seed(0)
+    config = make_config("tiny", model=name)
+    model = build_model(config).eval()
+    images = torch.randn(3, 3, config.img_h, config.img_w)
+    with torch.no_grad():
+        plain = model(images)
+        trace = model.trace(images)
+        short = model.trace(images, max_steps=2)
+        rectified, _ = model.transformation(images)
+        features = model.backbone(rectified)
+    steps = plain.logits.shape[1]
+    assert torch.equal(trace.logits, plain.logits) and torch.equal(short.logits, plain.logits[:, :2])
+    assert trace.attention.shape == (3, features.sequence.shape[1], steps)
+    assert torch.allclose(trace.attention.sum(1), torch.ones(3, steps), atol=1e-5)
+    assert short.attention.shape[2] == 2 and torch.allclose(short.attention, trace.attention[..., :2], atol=1e-6)
+    assert trace.grid.shape == (3, config.img_h, config.img_w, 2)
+    resampled = torch.nn.functional.grid_sample(images, trace.grid, padding_mode="border", align_corners=True)
+    assert torch.allclose(resampled, rectified, atol=1e-4)  # float32 unnormalisation of the grid
+    if name in ("VITBA", "SIGA_T"):
+        assert torch.equal(trace.grid[0, 0, :, 0], torch.linspace(-1, 1, config.img_w))
+        assert torch.equal(trace.grid[2, :, 0, 1], torch.linspace(-1, 1, config.img_h))
+    else:
+        assert not torch.allclose(trace.grid[..., 0], torch.linspace(-1, 1, config.img_w))  # RARE's initial warp
+    if name.startswith("SIGA"):
+        with torch.no_grad():
+            glyph = model.glyph(features.levels, segmentation=False)
+        assert torch.equal(trace.glyph_logits_low, glyph.logits_low) and torch.equal(trace.glyph_logits_mid,
+                                                                                  glyph.logits_mid)
+        assert trace.glyph_logits_low.shape[:2] == (3, config.max_label_length + 2)
+        assert trace.attention_second.shape == trace.attention.shape
+    else:
+        assert not hasattr(trace, "glyph_logits_low")

@@ -92,6 +92,16 @@ def test_official_checkpoint_file_loads_in_test_and_demo(tmp_path):
         load_model(broken)
 
 
+def test_official_checkpoint_of_another_variant_is_one_line(tmp_path):
+    path = tmp_path / "released.pth"
+    atomic_save({"net": official_rule_state_dict(), "optimizer": {}, "iteration": 160000}, path)
+    for call in (lambda: load_official(path, variant="SIGA_S"), lambda: load_model(path, expected_model="SIGA_S")):
+        with pytest.raises(ValueError, match=r"released.pth: an official SIGA_R checkpoint, not SIGA_S$") as error:
+            call()
+        assert "\n" not in str(error.value)
+    assert load_model(path, expected_model="SIGA_R")[2].model == "SIGA_R"
+
+
 def test_greedy_runs_only_the_needed_path():
     """SPEC §3.10 / §7 #17: no 1-D branch, TRBA decoder, 2-D heads or full-resolution seg head at test."""
     model = build_model(make_config("tiny", model="SIGA_R")).eval()
@@ -173,3 +183,31 @@ def test_format_1_checkpoints_load_with_the_siga_heads_renamed(tmp_path):
     atomic_save(old, tmp_path / "old.pth")
     loaded, _, _ = load_model(tmp_path / "old.pth")
     assert all(torch.equal(loaded.state_dict()[key], value) for key, value in state["model"].items())
+
+
+@pytest.mark.parametrize("name", ["SIGA_R", "SIGA_T"])
+def test_trace_attention_is_that_of_the_fusion_decoders_by_slot(name):
+    """The traced α are the first- and second-slot fusion decoders' own: teacher-forcing each decoder with the
+    tokens it fed back itself gives the same α and logits (SIGA_T's first slot reads the mid-scale glyphs)."""
+    torch.manual_seed(2)
+    config = make_config("tiny", model=name)
+    tokenizer = Tokenizer.from_config(config)
+    model = build_model(config, tokenizer).eval()
+    images = torch.randn(3, 3, config.img_h, config.img_w)
+    heads = model.siga
+    with torch.no_grad():
+        plain, trace = model(images, early_stop=False), model.trace(images)
+        features = model.backbone(model.transformation(images)[0])
+        glyph = model.glyph(features.levels, segmentation=False)
+        contextual = heads.sequence(features.sequence)
+        first, second = heads.glyph_slots(glyph)
+        assert torch.equal(first, glyph.sequence_mid if name == "SIGA_T" else glyph.sequence_low)
+        steps = trace.logits.shape[1]
+        slots = [(heads.fusion_decoder_low, first, trace.attention, "fusion_low"),
+                 (heads.fusion_decoder_mid, second, trace.attention_second, "fusion_mid")]
+        for decoder, glyphs, attention, head in slots:
+            tokens = plain.auxiliary_logits[head][:, : steps - 1].argmax(-1)
+            text_in = torch.cat([torch.full((3, 1), tokenizer.sos_id), tokens], 1)
+            forced = decoder(contextual, text_in, glyphs)
+            assert torch.allclose(forced.attention, attention, atol=1e-5), head
+            assert torch.allclose(forced.logits, plain.auxiliary_logits[head][:, :steps], atol=1e-5), head

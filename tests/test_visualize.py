@@ -1,7 +1,8 @@
 """tools/visualize.py: one readable PNG per image from a tiny SIGA_R checkpoint, a clear refusal of TRBA,
-and the shapes of the maps it draws."""
+and the shapes of the maps it draws; the character-box figures (any model) and the peaks they draw."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,13 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
+from char_attention import load_char_boxes, locate_peaks
 from checkpoint import atomic_save, load_model, training_state
 from config import make_config
-from conftest import render_word
-from inference import load_image
+from conftest import make_word_lmdb, render_word
+from inference import load_image, preprocess
 from model import build_model
 from tokenizer import Tokenizer
-from tools.visualize import analyse, main, unique_output
+from tools.visualize import analyse, analyse_char_boxes, main, read_lmdb_sample, unique_output
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["hello", "Street"]
@@ -142,3 +144,59 @@ def test_analyse_shapes_of_siga_t(files, tmp_path, single_thread):
     assert view.attention.shape == (len("hello") + 1, 32)
     assert view.pseudo_labels.shape == view.glyph_argmax.shape == (16, 64)
     assert view.glyph_probs.shape == (len("hello"), 16, 64)
+
+
+@pytest.fixture(scope="module")
+def boxed_lmdb(tmp_path_factory) -> SimpleNamespace:
+    """An LMDB of two 150×40 words ('Hi!' with a box for '!' that a 36-character model drops) and their boxes."""
+    directory = tmp_path_factory.mktemp("boxed")
+    lmdb = make_word_lmdb(directory / "words", ["Hi!", "road"], size=(150, 40))
+    entries = {"1": {"chars": "Hi!", "width": 150, "height": 40, "boxes": [[30, 5, 30, 30], [62, 5, 20, 30],
+                                                                          [84, 5, 10, 30]]},
+               "2": {"chars": "road", "width": 150, "height": 40,
+                     "boxes": [[10 + 32 * i, 4, 30, 32] for i in range(4)]}}
+    (directory / "boxes.json").write_text(json.dumps(entries))
+    return SimpleNamespace(lmdb=lmdb, boxes=directory / "boxes.json")
+
+
+def test_char_box_figures_for_any_model(files, boxed_lmdb, tmp_path):
+    out_dir = tmp_path / "boxes"
+    result = run_visualize("--checkpoint", files.trba, "--lmdb", boxed_lmdb.lmdb, "--char_boxes", boxed_lmdb.boxes,
+                           "--indices", "2", "1", "--out_dir", out_dir, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["2", "1"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["sample_000000001.png", "sample_000000002.png"]
+    with Image.open(out_dir / "sample_000000001.png") as figure:
+        assert figure.format == "PNG" and figure.size == (900, 700)
+
+
+def test_char_box_errors(files, boxed_lmdb, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(files.trba), "--lmdb", str(boxed_lmdb.lmdb), "--device", "cpu"])
+    assert exit_.value.code == 2 and "--lmdb and --char_boxes go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(files.trba), "--lmdb", str(boxed_lmdb.lmdb), "--char_boxes", str(boxed_lmdb.boxes),
+              "--indices", "1", "7", "--out_dir", str(tmp_path), "--device", "cpu"])
+    assert exit_.value.code == 2 and "has no boxes for sample(s) [7]" in capsys.readouterr().err
+
+
+def test_analyse_char_boxes_draws_the_scored_peaks(files, boxed_lmdb, single_thread):
+    """The figure's points are char_attention's: the original image at its stored size, the boxes of the
+    characters the model reads, and the peaks of ``locate_peaks`` on the model's own trace."""
+    model, tokenizer, config = load_model(files.siga, "cpu")
+    entry = load_char_boxes(boxed_lmdb.boxes, tokenizer)[1]
+    image, label = read_lmdb_sample(boxed_lmdb.lmdb, 1)
+    view = analyse_char_boxes(model, tokenizer, config, image, entry, torch.device("cpu"))
+    assert label == "Hi!" and view.chars == "hi" and view.original_rgb.shape == (40, 150, 3)
+    assert view.boxes.tolist() == [[30, 5, 30, 30], [62, 5, 20, 30]]
+    with torch.no_grad():
+        trace = model.trace(preprocess([image], config))
+    peaks = locate_peaks(trace, torch.tensor([[150, 40]]), tokenizer.eos_id)
+    assert set(view.peaks) == set(view.hits) == {"1d", "glyph"} and view.steps == int(peaks.steps[0])
+    for name in ("1d", "glyph"):
+        assert torch.allclose(torch.from_numpy(view.peaks[name]), peaks.original[name][0], atol=1e-5)
+        assert torch.allclose(torch.from_numpy(view.rectified_peaks[name]), peaks.rectified[name][0], atol=1e-5)
+        assert view.hits[name].shape == (2,)
+    x = view.peaks["1d"][0, 0]
+    assert view.hits["1d"][0] == (29.5 <= x < 59.5)
+    assert view.rectified_rgb.shape == (config.img_h, config.img_w, 3)

@@ -23,6 +23,16 @@ Usage::
 
 ``--images`` takes files, directories and glob patterns like ``demo.py``. Only SIGA_R checkpoints
 (ours or the authors' released one) have segmentation and glyph maps; a TRBA checkpoint is an error.
+
+With ``--lmdb`` and ``--char_boxes`` instead (any model), one PNG per ``--indices`` sample shows what the
+character-attention metric (``char_attention``) compares: on the original image, the ground-truth box of
+each character and, in the same colour, the peak of the decoding step it is compared with (1-D attention:
+a dashed line at its x and a cross; glyph map of a SIGA model: a dot), and below the same peaks on the
+rectified image::
+
+    python -m tools.visualize --checkpoint saved_models/trba/best_accuracy.pth \
+        --lmdb ../shared/data/IIIT5k_train_2000 --char_boxes ../shared/data/IIIT5k_train_2000_charbounds.json \
+        --indices 1 2 3 --out_dir graph/
 """
 from __future__ import annotations
 
@@ -38,11 +48,16 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image
 
+from benchmarks import EvalSet
+from char_attention import (MAPS, AttentionTally, CharBoxes, box_hits, check_against_set, load_char_boxes, pad_boxes,
+                            score_images)
 from config import Config
 from dataset import IMAGENET_MEAN, IMAGENET_STD, resize_mask
 from inference import image_paths_for_cli, load_for_inference, preprocess, readable_images, unreadable_report
+from lmdb_io import IMAGE_KEY, LABEL_KEY, decode_image, open_lmdb
 from modules.kmeans_mask import text_mask_from_pil
 from model import GlyphAttentionRecognizer
 from modules.losses import SigaLossSettings, glyph_pseudo_labels, predicted_foreground
@@ -239,6 +254,103 @@ def render(view: GlyphView, title: str, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+@dataclass
+class CharBoxView:
+    """What a character-box figure shows, as CPU numpy arrays: the stored image ``original_rgb`` [h, w, 3]
+    (uint8), the rectified model input ``rectified_rgb`` [H, W, 3]; the characters the model reads with their
+    ``boxes`` [L, 4] (x, y, w, h in original pixels); the ``steps`` decoded (through EOS); per map name of
+    ``char_attention.MAPS`` the peaks [S, 2] in original (``peaks``) and rectified (``rectified_peaks``)
+    pixels and which characters they hit (``hits`` [L] bool)."""
+
+    original_rgb: np.ndarray
+    rectified_rgb: np.ndarray
+    chars: str
+    boxes: np.ndarray
+    steps: int
+    peaks: dict[str, np.ndarray]
+    rectified_peaks: dict[str, np.ndarray]
+    hits: dict[str, np.ndarray]
+    prediction: str
+
+
+@torch.inference_mode()
+def analyse_char_boxes(model: torch.nn.Module, tokenizer: Tokenizer, config: Config, image: Image.Image,
+                       entry: CharBoxes, device: torch.device) -> CharBoxView:
+    """Trace one image (``model`` in eval mode) and locate its steps' peaks as ``char_attention`` scores them."""
+    images = preprocess([image], config).to(device)
+    peaks, texts = score_images(model, tokenizer, images, [entry], AttentionTally("view"), device)
+    boxes, lengths = pad_boxes([entry], device)
+    hits = {name: box_hits(points, boxes, lengths, peaks.steps, MAPS[name])[0].cpu().numpy()
+            for name, points in peaks.original.items()}
+    rectified, _ = model.transformation(images)
+    return CharBoxView(np.asarray(image.convert("RGB")), to_display(rectified, config.normalize_images), entry.chars,
+                       boxes[0].cpu().numpy(), int(peaks.steps[0]),
+                       {name: points[0].cpu().numpy() for name, points in peaks.original.items()},
+                       {name: points[0].cpu().numpy() for name, points in peaks.rectified.items()}, hits, texts[0])
+
+
+def _draw_peaks(ax: Axes, peaks: dict[str, np.ndarray], steps: int, height: int, colormap: ListedColormap) -> None:
+    """Each decoded step's peaks in its character's colour: 1-D as a dashed vertical line and a cross, glyph as
+    a dot (marker edges black, to stand out on any background)."""
+    for step in range(steps):
+        color = colormap(step + 1)
+        if "1d" in peaks:
+            x, y = peaks["1d"][step]
+            ax.plot([x, x], [-0.5, height - 0.5], color=color, linestyle="--", linewidth=1.0)
+            ax.plot(x, y, marker="X", markersize=9, color=color, markeredgecolor="black")
+        if "glyph" in peaks:
+            x, y = peaks["glyph"][step]
+            ax.plot(x, y, marker="o", markersize=8, color=color, markeredgecolor="black")
+
+
+def render_char_boxes(view: CharBoxView, title: str, path: Path) -> None:
+    """Draw ``view`` (see the module docstring) and write it to ``path`` (PNG, Agg)."""
+    colormap = slot_colormap(max(len(view.chars), view.steps) + 1)
+    figure = Figure(figsize=(9, 7), layout="constrained")
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1, height_ratios=[3, 2])
+    top.imshow(view.original_rgb, interpolation="nearest")
+    for index, (x, y, w, h) in enumerate(view.boxes[: len(view.chars)]):
+        color = colormap(index + 1)
+        top.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor=color, linewidth=2.0))
+        top.text(x - 0.5, y - 0.5, view.chars[index], color=color, ha="left", va="bottom", fontsize=11,
+                 fontweight="bold", path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])
+    _draw_peaks(top, view.peaks, view.steps, view.original_rgb.shape[0], colormap)
+    top.set_xlim(-0.5, view.original_rgb.shape[1] - 0.5)
+    top.set_ylim(view.original_rgb.shape[0] - 0.5, -0.5)
+    top.set_title("original image: ground-truth box of character i and the peaks of decoding step i "
+                  "(dashed + cross: 1-D attention; dot: glyph map)", fontsize=9)
+    bottom.imshow(view.rectified_rgb)
+    _draw_peaks(bottom, view.rectified_peaks, view.steps, view.rectified_rgb.shape[0], colormap)
+    bottom.set_xlim(-0.5, view.rectified_rgb.shape[1] - 0.5)
+    bottom.set_ylim(view.rectified_rgb.shape[0] - 0.5, -0.5)
+    bottom.set_title("the same peaks on the rectified model input", fontsize=9)
+    for ax in (top, bottom):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.suptitle(title, fontsize=11)
+    figure.savefig(path, dpi=100)
+
+
+def char_box_title(name: str, view: CharBoxView) -> str:
+    """Sample name, characters and prediction, and the hits per map."""
+    hits = "    ".join(f"{name_}: {int(hit.sum())}/{len(view.chars)} hits" for name_, hit in view.hits.items())
+    return f"{name}    characters {view.chars!r}, prediction {view.prediction!r}\n{hits}"
+
+
+def read_lmdb_sample(path: str | Path, index: int) -> tuple[Image.Image, str]:
+    """The decoded image and label of 1-based sample ``index`` of an LMDB (KeyError naming it when absent)."""
+    env = open_lmdb(path)
+    try:
+        with env.begin(write=False) as txn:
+            data, label = txn.get((IMAGE_KEY % index).encode()), txn.get((LABEL_KEY % index).encode())
+    finally:
+        env.close()
+    if data is None or label is None:
+        raise KeyError(f"{path}: no sample {index}")
+    return decode_image(data), label.decode("utf-8")
+
+
 def figure_title(name: str, view: GlyphView) -> str:
     """Image name, greedy prediction with confidence, and the transcript the maps were computed for."""
     if view.label is None:
@@ -261,8 +373,14 @@ def unique_output(out_dir: Path, stem: str, used: set[str]) -> Path:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m tools.visualize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="SIGA_R checkpoint written by train.py, or the authors' one")
-    parser.add_argument("--images", nargs="+", required=True, help="image files, directories or glob patterns")
+    parser.add_argument("--checkpoint", required=True, help="SIGA_R checkpoint written by train.py, or the authors' one "
+                                                           "(any model with --lmdb)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", nargs="+", help="image files, directories or glob patterns")
+    source.add_argument("--lmdb", help="an LMDB whose --indices samples to draw with their --char_boxes")
+    parser.add_argument("--char_boxes", metavar="JSON", help="ground-truth character boxes of the --lmdb samples")
+    parser.add_argument("--indices", nargs="+", type=int, default=[1, 2, 3, 4],
+                        help="1-based LMDB sample indices to draw (with --lmdb)")
     parser.add_argument("--out_dir", default="graph", help="folder for the PNGs (<image stem>.png)")
     parser.add_argument("--labels", nargs="+", help="one transcript per image, in order, for teacher forcing "
                                                     "(default: each image's own prediction)")
@@ -273,10 +391,43 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
+    if (args.lmdb is None) != (args.char_boxes is None):
+        parser.error("--lmdb and --char_boxes go together")
     try:
         model, tokenizer, config, device = load_for_inference(args.checkpoint, args.device)
     except ValueError as error:
         parser.error(str(error))
+    if args.lmdb is not None:
+        return char_box_figures(parser, args, model, tokenizer, config, device)
+    return glyph_figures(parser, args, model, tokenizer, config, device)
+
+
+def char_box_figures(parser: argparse.ArgumentParser, args: argparse.Namespace, model: torch.nn.Module,
+                     tokenizer: Tokenizer, config: Config, device: torch.device) -> int:
+    """One character-box figure per ``--indices`` sample of ``--lmdb``."""
+    try:
+        boxes = load_char_boxes(args.char_boxes, tokenizer)
+        absent = [index for index in args.indices if index not in boxes]
+        if absent:
+            raise ValueError(f"{args.char_boxes} has no boxes for sample(s) {absent}")
+        chosen = {index: boxes[index] for index in args.indices}
+        check_against_set(chosen, EvalSet(Path(args.lmdb).name, [Path(args.lmdb)]), args.char_boxes)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for index, entry in chosen.items():
+        image, _ = read_lmdb_sample(args.lmdb, index)
+        view = analyse_char_boxes(model, tokenizer, config, image, entry, device)
+        output = out_dir / f"sample_{index:09d}.png"
+        render_char_boxes(view, char_box_title(f"{Path(args.lmdb).name} #{index}", view), output)
+        print(f"{index}\t{view.prediction}\t{output}", flush=True)
+    return 0
+
+
+def glyph_figures(parser: argparse.ArgumentParser, args: argparse.Namespace, model: torch.nn.Module,
+                  tokenizer: Tokenizer, config: Config, device: torch.device) -> int:
+    """One glyph-attention figure per ``--images`` file (SIGA models only)."""
     paths = image_paths_for_cli(args.images)
     if not paths:
         return 1
