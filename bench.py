@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
-from benchmarking import BASELINES, DTYPES, bench_agreement, bench_loader, bench_setting, compare, matmul_gflops
+from benchmarking import (BASELINES, DTYPES, bench_agreement, bench_loader, bench_setting, compare, matmul_gflops,
+                          onnxruntime_skip_reason)
 from model import MODELS
 from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
@@ -72,6 +74,18 @@ def print_table(results: list[dict], reference: dict) -> None:
               f"{row['train_peak_memory_mb']:9.0f} {row['infer_peak_memory_mb']:9.0f}")
 
 
+def print_onnxruntime(results: list[dict]) -> None:
+    """The onnxruntime row of each model beside its PyTorch cpu/fp32 row (``benchmarking.OnnxWorkload``)."""
+    print(f"onnxruntime {version('onnxruntime')} (CPUExecutionProvider, fp32, {torch.get_num_threads()} threads) "
+          f"beside PyTorch on the CPU:")
+    print(f"{'model':8} {'runtime':11} {'infer img/s':>11} {'lat ms':>8}")
+    for row in results:
+        if row["onnxruntime_images_per_second"] is not None:
+            print(f"{row['model']:8} {'PyTorch':11} {row['infer_images_per_second']:11.1f} {row['latency_ms']:8.1f}")
+            print(f"{row['model']:8} {'onnxruntime':11} {row['onnxruntime_images_per_second']:11.1f} "
+                  f"{row['onnxruntime_latency_ms']:8.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     retain_freed_cpu_memory()
@@ -98,10 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}, batch "
           f"{args.batch_size}; medians of {args.repeats} after {args.warmup} warm-up")
     print_table(results, reference)
+    skipped = onnxruntime_skip_reason(args)
+    if skipped:
+        print(f"onnxruntime row skipped: {skipped}")
+    else:
+        print_onnxruntime(results)
     for key, value in reference.items():
         print(f"matmul reference {key}: {value:.1f} GFLOP/s")
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "preset": args.preset,
-              "results": results, "matmul_gflops": reference}
+              "results": results, "matmul_gflops": reference,
+              "onnxruntime": {"skipped": skipped} if skipped else {"version": version("onnxruntime")}}
     first = f"{args.device[0]}/{args.dtypes[0]}"
     report["ratios"] = {model: compare(results, model) for model, base in BASELINES.items()
                         if {model, base} <= set(args.models)}

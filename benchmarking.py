@@ -1,6 +1,6 @@
 """Speed, memory and FLOP measurements of the models (what ``bench.py`` reports): interleaved timing with
 medians, a matmul reference rate, FLOP counts, peak memory in a fresh process, the training loader's
-throughput and fp32/bf16 prediction agreement."""
+throughput, fp32/bf16 prediction agreement, and the exported graphs under onnxruntime beside PyTorch."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import multiprocessing
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ from engine import Trainer
 from evaluation import benchmark_normalize, evaluate
 from loaders import make_train_loader
 from model import build_model
+from onnx_export import INSTALL_HINT, cpu_session, export_onnx, missing_onnx_packages, run_session
 from tokenizer import Tokenizer
 from utils import AMP_DTYPES, use_channels_last
 
@@ -104,8 +106,8 @@ class Workload:
     inference of ``decode_steps`` steps, and batch-1 inference."""
 
     def __init__(self, name: str, args: argparse.Namespace, device: torch.device, dtype_name: str):
-        config = make_config(args.preset, model=name, batch_size=args.batch_size)
-        tokenizer = Tokenizer.from_config(config)
+        self.config = config = make_config(args.preset, model=name, batch_size=args.batch_size)
+        self.tokenizer = tokenizer = Tokenizer.from_config(config)
         torch.manual_seed(config.seed)
         self.model = build_model(config, tokenizer).to(device)
         self.channels_last = use_channels_last(self.model, args.channels_last, device, training=True)
@@ -133,6 +135,36 @@ class Workload:
         self.model.eval()
         flops = forward_flops(self.model, lambda: self.model(self.images, early_stop=False, max_steps=self.decode_steps))
         return flops / len(self.images)
+
+
+class OnnxWorkload:
+    """A CPU workload's model exported to ONNX (fp32, its ``decode_steps`` steps: the same work as
+    ``Workload.infer``) and run by onnxruntime with torch's thread count, on the workload's images."""
+
+    def __init__(self, workload: Workload):
+        with tempfile.TemporaryDirectory() as directory:
+            path = export_onnx(workload.model, workload.tokenizer, workload.config, Path(directory) / "model.onnx",
+                               workload.decode_steps)
+            self.session = cpu_session(path, torch.get_num_threads())
+        self.images = workload.images.cpu()
+
+    def infer(self) -> dict[str, torch.Tensor]:
+        return run_session(self.session, self.images)
+
+    def infer_one(self) -> dict[str, torch.Tensor]:
+        return run_session(self.session, self.images[:1])
+
+
+def onnxruntime_skip_reason(args: argparse.Namespace) -> str | None:
+    """Why this run of bench.py measures no onnxruntime row (None: it does, beside PyTorch's cpu/fp32 rows)."""
+    missing = missing_onnx_packages()
+    if missing:
+        return f"{' and '.join(missing)} not installed ({INSTALL_HINT})"
+    if "cpu" not in {torch.device(name).type for name in args.device}:
+        return "it runs on the CPU, and --device has no cpu"
+    if "fp32" not in args.dtypes:
+        return "it is compared with PyTorch's fp32 rows, and --dtypes has no fp32"
+    return None
 
 
 def peak_memory_mb(name: str, args: argparse.Namespace, device_name: str, dtype_name: str, phase: str) -> float:
@@ -168,14 +200,21 @@ def peak_resident_mb() -> float:
 
 
 def bench_setting(args: argparse.Namespace, device: torch.device, dtype_name: str) -> list[dict]:
-    """Every model of ``args.models`` on one device in one precision, timed interleaved."""
+    """Every model of ``args.models`` on one device in one precision, timed interleaved; on the CPU in fp32 their
+    ONNX graphs under onnxruntime too (unless ``onnxruntime_skip_reason``), interleaved with them."""
     workloads = {name: Workload(name, args, device, dtype_name) for name in args.models}
+    onnx = {}
+    if device.type == "cpu" and dtype_name == "fp32" and onnxruntime_skip_reason(args) is None:
+        onnx = {f"{name} onnxruntime": OnnxWorkload(workload) for name, workload in workloads.items()}
     latency_repeats = max(args.repeats, 5)
     train = median_seconds({n: w.train_step for n, w in workloads.items()}, device, args.warmup, args.repeats)
-    infer = median_seconds({n: w.infer for n, w in workloads.items()}, device, args.warmup, args.repeats)
-    latency = median_seconds({n: w.infer_one for n, w in workloads.items()}, device, args.warmup, latency_repeats)
+    infer = median_seconds({**{n: w.infer for n, w in workloads.items()}, **{n: o.infer for n, o in onnx.items()}},
+                           device, args.warmup, args.repeats)
+    latency = median_seconds({**{n: w.infer_one for n, w in workloads.items()},
+                              **{n: o.infer_one for n, o in onnx.items()}}, device, args.warmup, latency_repeats)
     rows = []
     for name, workload in workloads.items():
+        onnx_name = f"{name} onnxruntime"
         flops = workload.flops_per_image()
         infer_rate = args.batch_size / infer[name]
         rows.append({
@@ -187,7 +226,9 @@ def bench_setting(args: argparse.Namespace, device: torch.device, dtype_name: st
             "latency_ms": 1e3 * latency[name],
             "train_peak_memory_mb": peak_memory_mb(name, args, device.type, dtype_name, "train"),
             "infer_peak_memory_mb": peak_memory_mb(name, args, device.type, dtype_name, "infer"),
-            "infer_gflops_per_image": flops / 1e9, "infer_achieved_gflops": flops * infer_rate / 1e9})
+            "infer_gflops_per_image": flops / 1e9, "infer_achieved_gflops": flops * infer_rate / 1e9,
+            "onnxruntime_images_per_second": args.batch_size / infer[onnx_name] if onnx_name in infer else None,
+            "onnxruntime_latency_ms": 1e3 * latency[onnx_name] if onnx_name in latency else None})
     return rows
 
 

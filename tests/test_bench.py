@@ -1,5 +1,5 @@
-"""bench.py and benchmarking.py: a smoke run at tiny sizes, the FLOP count it relies on, the ratio arithmetic and
-the fp32/bf16 agreement count."""
+"""bench.py and benchmarking.py: a smoke run at tiny sizes (with the onnxruntime row, or the line saying why it is
+skipped), the FLOP count it relies on, the ratio arithmetic and the fp32/bf16 agreement count."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ from benchmarking import compare, forward_flops
 from conftest import make_word_lmdb, run_entry_point, write_tiny_checkpoint
 from dataset import Collate, LmdbDataset
 from evaluation import benchmark_normalize
+from onnx_export import missing_onnx_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +36,27 @@ def test_bench_compare_smoke_run_writes_results_and_ratios(tmp_path):
     assert set(ratios) == {"train", "infer", "latency"} and all(v > 0 for v in ratios.values())
     assert report["matmul_gflops"]["cpu/fp32"] > 0
     assert "SIGA_R / TRBA time (cpu/fp32)" in result.stdout
+    if missing_onnx_packages():  # CI installs requirements-onnx.txt; without it bench.py says what it skips
+        assert "onnxruntime row skipped: " in result.stdout and "skipped" in report["onnxruntime"]
+    else:  # beside PyTorch's cpu/fp32 rows only: onnxruntime runs the fp32 graph on the CPU
+        for row in report["results"]:
+            measured = [row["onnxruntime_images_per_second"], row["onnxruntime_latency_ms"]]
+            assert all(v > 0 for v in measured) if row["dtype"] == "fp32" else measured == [None, None]
+        assert "beside PyTorch on the CPU" in result.stdout and "SIGA_R   onnxruntime" in result.stdout
+
+
+def test_bench_says_in_one_line_why_it_skips_the_onnxruntime_row(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails as if not installed
+    out = tmp_path / "bench.json"
+    code, stdout, err = run_entry_point("bench.py", "--models", "TRBA", "--preset", "tiny", "--device", "cpu",
+                                        "--dtypes", "fp32", "--repeats", "1", "--warmup", "1", "--batch_size", "2",
+                                        "--json", out)
+    assert code == 0, err[-3000:]
+    expected = "onnxruntime row skipped: onnxruntime not installed (pip install -r requirements-onnx.txt)"
+    assert [line for line in stdout.splitlines() if "onnxruntime" in line] == [expected]
+    report = json.loads(out.read_text())
+    assert report["onnxruntime"] == {"skipped": expected.removeprefix("onnxruntime row skipped: ")}
+    assert report["results"][0]["onnxruntime_images_per_second"] is None
 
 
 def test_forward_flops_counts_convolutions_linears_and_lstms():
