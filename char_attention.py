@@ -44,7 +44,7 @@ from dataset import Collate, LmdbDataset, Sample
 from evaluation import benchmark_normalize, evaluation_mode
 from lmdb_io import IMAGE_KEY, LABEL_KEY, UndecodableImage, decode_image, open_lmdb, read_num_samples
 from modules.outputs import GlyphTrace, Trace
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, first_eos_index
 from utils import autocast
 
 #: the maps whose peaks are scored, and whether their hit test is 2-D
@@ -244,9 +244,7 @@ def to_original(points: torch.Tensor, input_size: tuple[int, int], original_size
 def decoded_steps(logits: torch.Tensor, eos_id: int) -> torch.Tensor:
     """Steps [B] each sequence of greedy ``logits`` [B, S, C] ran through: up to and including its first EOS,
     all S without one (only these are computed whatever the batch)."""
-    is_eos = (logits.argmax(-1) == eos_id).to(torch.int64)
-    all_steps = torch.full_like(is_eos[:, 0], logits.shape[1])
-    return torch.where(is_eos.any(1), is_eos.argmax(1) + 1, all_steps)
+    return (first_eos_index(logits.argmax(-1), eos_id) + 1).clamp(max=logits.shape[1])
 
 
 class StepPeaks(NamedTuple):

@@ -63,6 +63,13 @@ def load_charset(spec: str, sensitive: bool = False, layout: str = "dtrb") -> st
     return "".join(chars)
 
 
+def first_eos_index(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Index [B] of the first ``eos_id`` in each row of ``ids`` [B, S]; S for a row without one."""
+    is_eos = ids == eos_id
+    return torch.where(is_eos.any(1), is_eos.to(torch.int64).argmax(1),
+                       torch.full_like(is_eos[:, 0], ids.shape[1], dtype=torch.int64))
+
+
 class Tokenizer:
     """Label normalisation and id encoding in one of the ``TOKEN_LAYOUTS`` (see the module docstring).
 
@@ -152,10 +159,9 @@ class Tokenizer:
         """
         probs = logits.detach().float().softmax(-1)
         max_probs, ids = probs.max(-1)
-        is_eos = ids == self.eos_id
-        has_eos = is_eos.any(1)
+        has_eos = (ids == self.eos_id).any(1)
         steps = ids.shape[1]
-        first_eos = torch.where(has_eos, is_eos.float().argmax(1), torch.full_like(has_eos, steps, dtype=torch.long))
+        first_eos = first_eos_index(ids, self.eos_id)
         keep = torch.arange(steps, device=ids.device)[None] <= first_eos[:, None]
         confidence = torch.where(keep, max_probs, torch.ones_like(max_probs)).prod(1)
         cut = first_eos.clone()
