@@ -258,7 +258,7 @@ class Recognizer:
                         expected_model: str | None = None) -> "Recognizer":
         """Load a checkpoint of this repo or an official one; ``device`` defaults to CUDA when present;
         ``amp`` is "off" or "bf16"; ``expected_model`` (e.g. "SIGA_R") refuses a checkpoint of another model.
-        Every loading problem is a one-line ValueError naming the file (FileNotFoundError if it is missing)."""
+        Every loading problem, a missing file included, is a one-line ValueError naming the file."""
         if amp not in ("off", "bf16"):
             raise ValueError(f"amp must be 'off' or 'bf16', got {amp!r}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
