@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from benchmarking import (BASELINES, DTYPES, bench_agreement, bench_loader, bench_setting, compare, matmul_gflops,
-                          onnxruntime_skip_reason)
+                          onnxruntime_skip_reason, precisions)
 from model import MODELS
 from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
@@ -32,7 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a SIGA model and its baseline with their time ratios: R (SIGA_R/TRBA, the default), "
                              "S (SIGA_S/TSBA), T (SIGA_T/VITBA) or all")
     parser.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=sorted(DTYPES),
+                        help="precisions to time (default: fp32, and bf16 where the device runs it natively; a CPU "
+                             "without bf16 units skips the bf16 rows and says why)")
     parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"], help="model size")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--label_length", type=int, default=7, help="characters per synthetic label (mean word)")
@@ -100,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))
         return 0
-    results, reference = [], {}
+    results, reference, skipped_rows = [], {}, {}
     for device_name in args.device:
         device = torch.device(device_name)
-        for dtype_name in args.dtypes:
+        for dtype_name in precisions(args.dtypes, device, skipped_rows):
             dtype = DTYPES[dtype_name] or torch.float32
             size = 256 if args.preset == "tiny" else 2048
             reference[f"{device.type}/{dtype_name}"] = matmul_gflops(device, dtype, size, args.warmup, args.repeats)
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}, batch "
           f"{args.batch_size}; medians of {args.repeats} after {args.warmup} warm-up")
     print_table(results, reference)
+    for setting, reason in skipped_rows.items():
+        print(f"{setting} rows skipped: {reason} (--dtypes fp32 bf16 times them anyway)")
     skipped = onnxruntime_skip_reason(args)
     if skipped:
         print(f"onnxruntime row skipped: {skipped}")
@@ -120,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in reference.items():
         print(f"matmul reference {key}: {value:.1f} GFLOP/s")
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "preset": args.preset,
-              "results": results, "matmul_gflops": reference,
+              "results": results, "matmul_gflops": reference, "skipped_rows": skipped_rows,
               "onnxruntime": {"skipped": skipped} if skipped else {"version": version("onnxruntime")}}
-    first = f"{args.device[0]}/{args.dtypes[0]}"
+    first = next(iter(reference))
     report["ratios"] = {model: compare(results, model) for model, base in BASELINES.items()
                         if {model, base} <= set(args.models)}
     for model, by_setting in report["ratios"].items():

@@ -28,7 +28,7 @@ from loaders import make_train_loader
 from model import build_model
 from onnx_export import INSTALL_HINT, cpu_session, export_onnx, missing_onnx_packages, run_session
 from tokenizer import Tokenizer
-from utils import AMP_DTYPES, use_channels_last
+from utils import AMP_DTYPES, bf16_emulation_reason, use_channels_last
 
 #: bench.py's precision names and their autocast dtypes
 DTYPES = {"fp32": AMP_DTYPES["off"], "bf16": AMP_DTYPES["bf16"]}
@@ -162,9 +162,20 @@ def onnxruntime_skip_reason(args: argparse.Namespace) -> str | None:
         return f"{' and '.join(missing)} not installed ({INSTALL_HINT})"
     if "cpu" not in {torch.device(name).type for name in args.device}:
         return "it runs on the CPU, and --device has no cpu"
-    if "fp32" not in args.dtypes:
+    if args.dtypes is not None and "fp32" not in args.dtypes:
         return "it is compared with PyTorch's fp32 rows, and --dtypes has no fp32"
     return None
+
+
+def precisions(requested: list[str] | None, device: torch.device, skipped_rows: dict[str, str]) -> list[str]:
+    """The precisions to time on ``device``: those ``requested``, or by default fp32 and bf16 where ``device``
+    runs bf16 natively; a default bf16 row left out goes into ``skipped_rows`` with its reason."""
+    if requested is not None:
+        return requested
+    emulated = bf16_emulation_reason(device)
+    if emulated:
+        skipped_rows[f"{device.type}/bf16"] = emulated
+    return ["fp32"] if emulated else ["fp32", "bf16"]
 
 
 def peak_memory_mb(name: str, args: argparse.Namespace, device_name: str, dtype_name: str, phase: str) -> float:

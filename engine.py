@@ -33,8 +33,8 @@ from modules.outputs import to_float32
 from modules.sync_batchnorm import convert_sync_batchnorm
 from optimization import build_optimizer, build_scheduler
 from tokenizer import Tokenizer
-from utils import (AMP_DTYPES, autocast, capture_rng_state, configure_determinism, resolve_amp, restore_rng_state,
-                   seed_everything, use_channels_last)
+from utils import (AMP_DTYPES, autocast, bf16_emulation_reason, capture_rng_state, configure_determinism, resolve_amp,
+                   restore_rng_state, seed_everything, use_channels_last)
 
 
 @dataclass
@@ -428,6 +428,9 @@ def prepare_trainer(options: RunOptions, env: DistEnv) -> tuple[Trainer, dict | 
     except ValueError as error:
         raise SystemExit(f"error: --channels_last on: {error}") from None
     amp = resolve_amp(options.amp, env.device)
+    emulated = bf16_emulation_reason(env.device) if amp == "bf16" else None
+    if emulated:
+        log(env, f"warning: --amp bf16: {emulated}; --amp auto picks fp32 here")
     trainer = Trainer(model, config, tokenizer, env, AMP_DTYPES[amp], options.sync_bn, options.run_dir(config),
                       options.keep_last)
     if checkpoint is not None:

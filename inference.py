@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, Union
@@ -20,7 +21,7 @@ from config import Config
 from dataset import Collate, Sample
 from evaluation import evaluation_mode, predict
 from tokenizer import Tokenizer
-from utils import AMP_DTYPES, autocast, use_channels_last
+from utils import AMP_DTYPES, autocast, bf16_emulation_reason, use_channels_last
 
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -263,6 +264,9 @@ class Recognizer:
             raise ValueError(f"amp must be 'off' or 'bf16', got {amp!r}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer, config, torch_device = load_for_inference(path, device, channels_last, expected_model)
+        emulated = bf16_emulation_reason(torch_device) if amp == "bf16" else None
+        if emulated:
+            warnings.warn(f"amp bf16: {emulated}", stacklevel=2)
         return cls(model, tokenizer, config, torch_device, AMP_DTYPES[amp], batch_size)
 
     def read(self, images: Sequence[ImageInput], locate: bool = False) -> list[Recognition]:

@@ -17,9 +17,16 @@ import torch.nn as nn
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+#: ``ONEDNN_MAX_CPU_ISA`` values that keep oneDNN below its bf16 kernels (AVX512_CORE_BF16 and later)
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 flags in ``cpuinfo``), where oneDNN's
-    bf16 kernels outrun fp32; False where the file is absent (not Linux)."""
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 flags in ``cpuinfo``) and oneDNN may
+    use those units (no ``ONEDNN_MAX_CPU_ISA`` cap below them), where oneDNN's bf16 kernels outrun fp32; False
+    where the file is absent (not Linux). Elsewhere oneDNN emulates bf16, many times slower than fp32."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     try:
         text = open(cpuinfo).read()
     except OSError:
@@ -28,14 +35,25 @@ def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def bf16_emulation_reason(device: torch.device) -> str | None:
+    """Why bf16 autocast on ``device`` would be emulated (it runs, but slower than float32), in one line naming
+    the missing CPU feature; None where bf16 is native (CUDA with bf16, a CPU with bf16 units)."""
+    if device.type == "cuda":
+        return None if torch.cuda.is_bf16_supported() else f"{torch.cuda.get_device_name(device)} has no bf16 support"
+    if device.type != "cpu" or cpu_has_bf16_units():
+        return None
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    capped = f" (ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN below them)" if cap in ONEDNN_ISAS_WITHOUT_BF16 else ""
+    return (f"this CPU has no bf16 units (no avx512_bf16 or amx_bf16 flag){capped}: oneDNN emulates bf16, "
+            "many times slower than fp32")
+
+
 def resolve_amp(amp: str, device: torch.device) -> str:
     """An --amp choice with ``auto`` resolved: bf16 on CUDA devices that support it and on CPUs with bf16 units,
     full precision ("off") elsewhere; other choices unchanged."""
     if amp != "auto":
         return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "off"
-    return "bf16" if device.type == "cpu" and cpu_has_bf16_units() else "off"
+    return "bf16" if device.type in ("cpu", "cuda") and bf16_emulation_reason(device) is None else "off"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from modules.fusion import GatedBimodal
+from modules.sequence import lstm_in_supported_precision
 
 State = tuple[torch.Tensor, torch.Tensor]
 
@@ -188,10 +189,13 @@ class PositionAlignedDecoder(nn.Module):
         """
         steps = text_in.shape[1]
         inputs = torch.cat([rows[:, :steps], self.char_embeddings(text_in)], 2)
-        h0 = inputs.new_zeros(1, inputs.shape[0], self.hidden_size)
         weights = [self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih, self.rnn.bias_hh]
-        hiddens = torch.lstm(inputs, (h0, h0), weights, True, 1, 0.0, self.training, False, True)[0]
-        return self.generator(hiddens)
+
+        def fused_lstm(sequence: torch.Tensor) -> torch.Tensor:
+            h0 = sequence.new_zeros(1, sequence.shape[0], self.hidden_size)
+            return torch.lstm(sequence, (h0, h0), weights, True, 1, 0.0, self.training, False, True)[0]
+
+        return self.generator(lstm_in_supported_precision(fused_lstm, inputs))
 
     def step(self, state: State | None, row: torch.Tensor, token: torch.Tensor) -> tuple[State, torch.Tensor]:
         """One greedy step: row [B, D], previous token [B] → (state, logits [B, C]); ``state`` None = zeros."""

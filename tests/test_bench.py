@@ -11,11 +11,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarking import compare, forward_flops
+import benchmarking
+from benchmarking import compare, forward_flops, precisions
 from conftest import make_word_lmdb, run_entry_point, write_tiny_checkpoint
 from dataset import Collate, LmdbDataset
 from evaluation import benchmark_normalize
 from onnx_export import missing_onnx_packages
+from utils import bf16_emulation_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +29,12 @@ def test_bench_compare_smoke_run_writes_results_and_ratios(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert {(r["model"], r["dtype"]) for r in report["results"]} == {("TRBA", "fp32"), ("SIGA_R", "fp32"),
-                                                                   ("TRBA", "bf16"), ("SIGA_R", "bf16")}
+    emulated = bf16_emulation_reason(torch.device("cpu"))  # default precisions: bf16 only where it is native
+    precisions = ["fp32"] if emulated else ["fp32", "bf16"]
+    assert {(r["model"], r["dtype"]) for r in report["results"]} == {(m, p) for m in ("TRBA", "SIGA_R")
+                                                                   for p in precisions}
+    assert report["skipped_rows"] == ({"cpu/bf16": emulated} if emulated else {})
+    assert (f"cpu/bf16 rows skipped: {emulated}" in result.stdout) == bool(emulated)
     for row in report["results"]:
         assert row["train_images_per_second"] > 0 and row["infer_images_per_second"] > 0 and row["latency_ms"] > 0
         assert row["infer_gflops_per_image"] > 0 and row["infer_achieved_gflops"] > 0
@@ -43,6 +49,16 @@ def test_bench_compare_smoke_run_writes_results_and_ratios(tmp_path):
             measured = [row["onnxruntime_images_per_second"], row["onnxruntime_latency_ms"]]
             assert all(v > 0 for v in measured) if row["dtype"] == "fp32" else measured == [None, None]
         assert "beside PyTorch on the CPU" in result.stdout and "SIGA_R   onnxruntime" in result.stdout
+
+
+def test_default_precisions_leave_out_emulated_bf16_and_say_why(monkeypatch):
+    cpu, skipped = torch.device("cpu"), {}
+    monkeypatch.setattr(benchmarking, "bf16_emulation_reason", lambda device: None)
+    assert precisions(None, cpu, skipped) == ["fp32", "bf16"] and skipped == {}
+    monkeypatch.setattr(benchmarking, "bf16_emulation_reason", lambda device: "no bf16 units")
+    assert precisions(None, cpu, skipped) == ["fp32"] and skipped == {"cpu/bf16": "no bf16 units"}
+    skipped.clear()
+    assert precisions(["fp32", "bf16"], cpu, skipped) == ["fp32", "bf16"] and skipped == {}  # as asked
 
 
 def test_bench_says_in_one_line_why_it_skips_the_onnxruntime_row(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from loaders import make_train_loader
 from model import build_model
 from modules.sync_batchnorm import CpuSyncBatchNorm, convert_sync_batchnorm
 from tokenizer import Tokenizer
-from utils import seed_everything
+from utils import bf16_emulation_reason, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per process: the 2-process and 1-process runs then do their arithmetic the same way.
@@ -35,8 +35,9 @@ def data_args(data: Path, saved: Path) -> list[str]:
             str(data / "val"), "--saved_dir", str(saved)]
 
 
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=ENV)
+def run(command: list[str], cwd: Path, **environment: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
+                            env=dict(ENV, **environment))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -280,11 +281,16 @@ def test_an_lmdb_failing_mid_run_stops_training_after_a_checkpoint_naming_the_pa
 
 # --------------------------------------------------------------------------------------------------
 # mixed precision
-@pytest.mark.parametrize("model", ["TRBA", "SIGA_R"])
-def test_bf16_autocast_on_cpu_trains_without_nans(data, tmp_path, model):
+@pytest.mark.parametrize("model, isa_cap", [("TRBA", None), ("SIGA_R", None), ("SIGA_R", "AVX2")])
+def test_bf16_autocast_on_cpu_trains_without_nans(data, tmp_path, model, isa_cap):
+    """Natively where the CPU has bf16 units; oneDNN capped at AVX2 stands for a CPU without them (no bf16
+    LSTM: the run must neither crash nor go silent about the emulation)."""
+    environment = {"ONEDNN_MAX_CPU_ISA": isa_cap} if isa_cap else {}
     result = run(train_command(*data_args(data, tmp_path), "--model", model, "--mask_root", str(data / "masks"),
-                               "--amp", "bf16", "--num_iter", "10", "--exp_name", "bf16"), tmp_path)
+                               "--amp", "bf16", "--num_iter", "10", "--exp_name", "bf16"), tmp_path, **environment)
     assert "amp bf16" in result.stdout and "nan" not in result.stdout.lower()
+    emulated = isa_cap is not None or bf16_emulation_reason(torch.device("cpu")) is not None
+    assert ("warning: --amp bf16: this CPU has no bf16 units" in result.stdout) == emulated
     assert ") scored in bf16 | " in result.stdout  # the validation line names its precision
     checkpoint = load_checkpoint(tmp_path / "bf16" / "last.pth")
     assert all(torch.isfinite(value).all() for value in checkpoint["model"].values() if value.is_floating_point())
