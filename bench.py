@@ -18,6 +18,7 @@ import torch
 
 from benchmarking import (BASELINES, DTYPES, bench_agreement, bench_loader, bench_setting, compare, matmul_gflops,
                           onnxruntime_skip_reason, precisions)
+from config import SEG_RESOLUTIONS
 from model import MODELS
 from utils import MEMORY_FORMATS, retain_freed_cpu_memory
 
@@ -36,6 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="precisions to time (default: fp32, and bf16 where the device runs it natively; a CPU "
                              "without bf16 units skips the bf16 rows and says why)")
     parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"], help="model size")
+    parser.add_argument("--two_stage", action="store_true",
+                        help="SIGA_R/SIGA_S with a frozen TPS, as they train after their TPS stage (the paper's "
+                             "two-stage recipe); the baselines train theirs")
+    parser.add_argument("--seg_resolution", choices=SEG_RESOLUTIONS, help="SIGA_R's segmentation resolution")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--label_length", type=int, default=7, help="characters per synthetic label (mean word)")
     parser.add_argument("--decode_steps", type=int, default=None,

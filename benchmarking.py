@@ -101,12 +101,28 @@ def forward_flops(model: torch.nn.Module, run: Callable[[], object]) -> int:
     return counter.get_total_flops() + sum(lstm_flops)
 
 
+#: the SIGA models whose glyph-free baseline trains their TPS in the two-stage recipe
+TWO_STAGE_MODELS = ("SIGA_R", "SIGA_S")
+
+
+def siga_overrides(name: str, args: argparse.Namespace) -> dict:
+    """Config fields bench.py sets on model ``name``: the frozen TPS of the two-stage recipe (``--two_stage``)
+    and SIGA_R's segmentation resolution (``--seg_resolution``); baselines keep their preset."""
+    overrides = {}
+    if getattr(args, "two_stage", False) and name in TWO_STAGE_MODELS:
+        overrides["freeze_tps"] = True
+    if getattr(args, "seg_resolution", None) and name == "SIGA_R":
+        overrides["seg_resolution"] = args.seg_resolution
+    return overrides
+
+
 class Workload:
     """One model on one device in one precision, with its synthetic batch: a training step, greedy
     inference of ``decode_steps`` steps, and batch-1 inference."""
 
     def __init__(self, name: str, args: argparse.Namespace, device: torch.device, dtype_name: str):
-        self.config = config = make_config(args.preset, model=name, batch_size=args.batch_size)
+        self.config = config = make_config(args.preset, model=name, batch_size=args.batch_size,
+                                           **siga_overrides(name, args))
         self.tokenizer = tokenizer = Tokenizer.from_config(config)
         torch.manual_seed(config.seed)
         self.model = build_model(config, tokenizer).to(device)
@@ -230,6 +246,7 @@ def bench_setting(args: argparse.Namespace, device: torch.device, dtype_name: st
         infer_rate = args.batch_size / infer[name]
         rows.append({
             "model": name, "device": device.type, "dtype": dtype_name, "batch_size": args.batch_size,
+            "config_overrides": siga_overrides(name, args),
             "channels_last": workload.channels_last, "decode_steps": args.decode_steps,
             "parameters": sum(p.numel() for p in workload.model.parameters()),
             "train_images_per_second": args.batch_size / train[name], "train_step_ms": 1e3 * train[name],

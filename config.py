@@ -13,6 +13,10 @@ from typing import Any
 from modules.losses import SigaLossSettings
 
 
+#: where SIGA_R predicts the text segmentation: at the input size (the paper) or at half of it
+SEG_RESOLUTIONS = ("full", "half")
+
+
 @dataclass
 class Config:
     """Every model, data and optimisation setting. The defaults are the paper's SIGA_R/TRBA configuration
@@ -50,9 +54,11 @@ class Config:
     vit_tail_channels: int = 512  # width of the ResNet tail that turns the last tokens into the sequence X
     drop_path_rate: float = 0.1
     dropout: float = 0.3  # on the glyph sequences and the final projection (SPEC §3.10)
+    seg_resolution: str = "full"  # SIGA_R's segmentation branch: "full" (paper) or "half" (ours, cheaper on CPUs)
     siga: SigaLossSettings = field(default_factory=SigaLossSettings)  # the SIGA loss constants (SPEC §4)
     freeze_tps: bool = False  # TPS excluded from training (set by --tps_from, the paper's two-stage recipe)
     freeze_tps_bn: bool = False  # keep the (frozen) TPS's BatchNorm statistics fixed in training (SPEC §7 #7)
+    tps_stage_iters: int = 0  # >0: train the glyph-free baseline this long first and reuse its TPS frozen (ours)
     # optimisation (SPEC §5.2; SIGA_S: SPEC_SIGA_S §5.2)
     batch_size: int = 320  # per process; the paper's global batch is 2 × 320
     num_iter: int = 160000

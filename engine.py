@@ -4,6 +4,7 @@ logging (console, log.txt, TensorBoard) and checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -164,6 +165,9 @@ def gather_step_status(values: list[float], env: DistEnv) -> dict[str, float]:
     return dict(zip(("tokens", "empty", "failure", "signal"), combined))
 
 
+#: after this many steps a run logs its measured speed and the estimated time to its end
+ETA_AFTER_STEPS = 50
+
 @dataclass
 class FitState:
     """The loop's running numbers: best/last validation accuracy, skipped samples, throughput windows."""
@@ -178,6 +182,7 @@ class FitState:
     window_images: int = 0
     run_start: float = field(default_factory=time.perf_counter)
     run_images: int = 0
+    first_step: int = 0  # the iteration this process started (or resumed) at
 
 
 class Trainer:
@@ -267,7 +272,7 @@ class Trainer:
         if self.run_dir is None:
             raise ValueError("Trainer.fit needs a run_dir for its logs and checkpoints")
         self.valid_loaders = valid_loaders
-        state = FitState(best_accuracy=best_accuracy, scan_skipped=scan_skipped)
+        state = FitState(best_accuracy=best_accuracy, scan_skipped=scan_skipped, first_step=start)
         progress = tqdm(range(start, self.config.num_iter), initial=start, total=self.config.num_iter,
                         dynamic_ncols=True, disable=None if self.env.is_main else True)
         with StopSignal() as stop:
@@ -312,6 +317,8 @@ class Trainer:
         validating = step % self.config.valid_interval == 0 or step == self.config.num_iter
         if step % 10 == 0 or validating:
             self._log_losses(step, loss, state, progress)
+        if step == state.first_step + ETA_AFTER_STEPS and step < self.config.num_iter:
+            self._log_eta(step, state)
         if step % self.config.save_interval == 0:
             self.save([f"iter_{step}.pth"], step, state.best_accuracy)
         if validating:
@@ -331,6 +338,17 @@ class Trainer:
             scalars.update({f"train/{name}": value / self.env.world_size for name, value in reduced.items()})
         self.run_log.scalars(step, scalars)
         state.window_start, state.window_images = time.perf_counter(), 0
+
+    def _log_eta(self, step: int, state: FitState) -> None:
+        """The measured speed of this run's first steps and the time its remaining steps will take at that speed
+        (validation not included)."""
+        elapsed = time.perf_counter() - state.run_start
+        images = sum_across_ranks([state.run_images], self.env)[0]
+        seconds_per_step = elapsed / (step - state.first_step)
+        remaining = seconds_per_step * (self.config.num_iter - step)
+        self.run_log.line(f"speed over the first {step - state.first_step} steps: {images / elapsed:.1f} img/s, "
+                          f"{seconds_per_step:.2f} s/step; estimated {remaining / 60:.1f} min for the remaining "
+                          f"{self.config.num_iter - step} steps (validation not included)")
 
     def _scored_in(self) -> str:
         """" scored in bf16" (or fp16) when validation runs under autocast: its accuracy can differ slightly
@@ -496,16 +514,63 @@ def run(options: RunOptions, env: DistEnv) -> dict:
     return summary
 
 
+#: the glyph-free model whose run trains a SIGA model's TPS in the one-command two-stage recipe (--tps_stage)
+TPS_STAGE_BASELINES = {"SIGA_R": "TRBA", "SIGA_S": "TSBA"}
+TPS_STAGE_DIR = "tps_stage"
+
+
+def tps_stage_options(options: RunOptions) -> RunOptions | None:
+    """The options of the run that trains this run's TPS first (``Config.tps_stage_iters`` steps of the
+    glyph-free baseline, in ``<run dir>/tps_stage``, continued there if interrupted), or None: no stage is
+    configured, or the TPS comes from elsewhere (``tps_from``, a fine-tuned or resumed checkpoint)."""
+    config = make_config(options.preset, **options.overrides)
+    if config.tps_stage_iters <= 0 or options.tps_from or options.finetune:
+        return None
+    run_dir = options.run_dir(config)
+    if options.resume and (options.resume != "auto" or (run_dir / "last.pth").is_file()):
+        return None
+    if config.model not in TPS_STAGE_BASELINES:
+        raise SystemExit(f"error: --tps_stage trains the TPS of {sorted(TPS_STAGE_BASELINES)}; "
+                         f"{config.model} has no such baseline")
+    stage = {"model": TPS_STAGE_BASELINES[config.model], "num_iter": config.tps_stage_iters, "tps_stage_iters": 0,
+             "freeze_tps": False, "freeze_tps_bn": False, "seg_resolution": "full",
+             "curriculum_iters": min(config.curriculum_iters, config.tps_stage_iters)}
+    return dataclasses.replace(options, saved_dir=str(run_dir), exp_name=TPS_STAGE_DIR, resume="auto",
+                               overrides={**options.overrides, **stage})
+
+
+def run_tps_stage(options: RunOptions, env: DistEnv) -> tuple[RunOptions, dict | None]:
+    """Train the TPS stage of ``options`` if it has one and it has not finished yet; returns the main run's
+    options (the stage's TPS, frozen) and the stage's summary when it was stopped by a signal (else None)."""
+    stage = tps_stage_options(options)
+    if stage is None:
+        return options, None
+    config = make_config(stage.preset, **stage.overrides)
+    last = Path(stage.saved_dir) / TPS_STAGE_DIR / "last.pth"
+    finished = last.is_file() and load_checkpoint(last)["iteration"] >= config.num_iter
+    log(env, f"TPS stage: {config.model} for {config.num_iter} iterations in {last.parent}"
+             + (" (finished, reused)" if finished else ""))
+    if not finished:
+        summary = run(stage, env)
+        if summary["stopped_by_signal"]:
+            log(env, "the TPS stage was stopped: the same command continues it, then trains the main model")
+            return options, summary
+    overrides = {**options.overrides, "freeze_tps": True}
+    return dataclasses.replace(options, tps_from=str(last), overrides=overrides), None
+
+
 def train(options: RunOptions, prepare_data: Callable[[], None] | None = None) -> dict:
     """Run (this process's part of) training under the launcher's process group, if any; ``prepare_data``
-    runs on rank 0 before anyone reads the data (e.g. building the synthetic demo set). Returns a summary:
-    iterations, accuracies, checkpoints, skipped samples and the signal that stopped the run (0 if none)."""
+    runs on rank 0 before anyone reads the data (e.g. building the synthetic demo set). A configured TPS
+    stage (``Config.tps_stage_iters``) runs first. Returns a summary: iterations, accuracies, checkpoints,
+    skipped samples and the signal that stopped the run (0 if none)."""
     env = setup(options.device, options.local_rank)
     try:
         if prepare_data is not None and env.is_main:
             prepare_data()
         barrier(env)
-        summary = run(options, env)
+        options, stopped_stage = run_tps_stage(options, env)
+        summary = stopped_stage or run(options, env)
         barrier(env)  # no rank tears the process groups down while another still uses them
         return summary
     finally:

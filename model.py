@@ -6,12 +6,13 @@ attention network + the shared ``SigaHeads`` for SIGA. A new backbone adds one b
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from config import Config
+from config import SEG_RESOLUTIONS, Config
 from modules.decoders import AttentionDecoder
 from modules.glyph_attention import GlyphAttentionNetwork, SvtrGlyphAttentionNetwork, ViTGlyphAttentionNetwork
 from modules.outputs import GlyphTrace, Prediction, RecognitionOutput, SigaOutput, Trace
@@ -129,10 +130,10 @@ def attention_recognizer(config: Config, tokenizer: Tokenizer, backbone: nn.Modu
                                decoder)
 
 
-def glyph_recognizer(config: Config, tokenizer: Tokenizer, backbone: nn.Module, glyph_network: type[nn.Module],
+def glyph_recognizer(config: Config, tokenizer: Tokenizer, backbone: nn.Module, glyph_network: Callable[..., nn.Module],
                      final_size: int, transformation: nn.Module | None = None,
                      mid_first: bool = False) -> GlyphAttentionRecognizer:
-    """Rectifier (default TPS) + ``backbone`` + a glyph attention network of type ``glyph_network`` on the
+    """Rectifier (default TPS) + ``backbone`` + a glyph attention network built by ``glyph_network`` on the
     backbone's levels + the SIGA heads with a ``final_size``-wide final generator."""
     hidden = config.hidden_size
     glyph = glyph_network(backbone.feature_channels, config.max_label_length + 2, config.glyph_channels, hidden)
@@ -148,7 +149,8 @@ def build_trba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
 
 def build_siga_r(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecognizer:
     """TRBA's TPS and ResNet-45 with the glyph attention network on F0/F1/F2 and the SIGA heads (SPEC §3)."""
-    return glyph_recognizer(config, tokenizer, resnet45(config), GlyphAttentionNetwork, 2 * config.hidden_size)
+    network = functools.partial(GlyphAttentionNetwork, half_resolution_segmentation=config.seg_resolution == "half")
+    return glyph_recognizer(config, tokenizer, resnet45(config), network, 2 * config.hidden_size)
 
 
 def build_tsba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
@@ -216,6 +218,10 @@ def build_model(config: Config, tokenizer: Tokenizer | None = None) -> nn.Module
     """Instantiate ``config.model`` for the tokenizer's token layout, with the official initialisation."""
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r}; choose from {sorted(MODELS)}")
+    if config.seg_resolution not in SEG_RESOLUTIONS:
+        raise ValueError(f"seg_resolution must be one of {SEG_RESOLUTIONS}, got {config.seg_resolution!r}")
+    if config.seg_resolution != "full" and config.model != "SIGA_R":
+        raise ValueError(f"seg_resolution {config.seg_resolution!r} is built for SIGA_R only, not {config.model}")
     tokenizer = tokenizer or Tokenizer.from_config(config)
     model = MODELS[config.model](config, tokenizer)
     OWN_INITIALISATION.get(config.model, init_weights)(model)

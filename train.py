@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from config import make_config
+from config import SEG_RESOLUTIONS, make_config
 from dataset import SYNTH_PREFIX, synth_size
 from engine import RunOptions, train
 from model import MODELS
@@ -22,7 +22,7 @@ from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 #: command-line flags that set Config fields of the same name
 CONFIG_FLAGS = ("model", "batch_size", "num_iter", "lr", "grad_clip", "max_label_length", "seed", "valid_interval",
                 "save_interval", "workers", "augment", "aug_mode", "charset", "sensitive", "freeze_tps_bn",
-                "freeze_tps", "curriculum_iters", "pct_start")
+                "freeze_tps", "curriculum_iters", "pct_start", "seg_resolution")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +55,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                                           "(the paper's two-stage recipe); without it the TPS trains jointly")
     model.add_argument("--pretrained_vit", help="SIGA_T/VITBA: DeiT-style ImageNet weights (a local file) for the "
                        "class token and transformer blocks")
+    model.add_argument("--tps_stage", type=int, metavar="N",
+                       help="SIGA_R/SIGA_S: the paper's two-stage recipe in one command: train the glyph-free "
+                            "baseline (TRBA/TSBA) for N iterations into <run dir>/tps_stage, then this model with "
+                            "that TPS frozen (0: none)")
+    model.add_argument("--seg_resolution", choices=SEG_RESOLUTIONS,
+                       help="SIGA_R's segmentation branch: full (the paper) or half resolution (cheaper on a CPU; "
+                            "README \"Differences from the official code\")")
     model.add_argument("--freeze_tps_bn", action="store_true", default=None,
-                       help="with --tps_from: also keep the TPS BatchNorm statistics fixed (official: they update)")
+                       help="with --tps_from or --tps_stage: also keep the TPS BatchNorm statistics fixed "
+                            "(official: they update)")
     model.add_argument("--freeze_tps", action="store_true", default=None,
                        help="keep the TPS fixed: at --tps_from's weights, or without it at the identity warp")
     model.add_argument("--siga_warmup", type=int,
@@ -108,10 +116,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resume and args.finetune:
         parser.error("--resume and --finetune are mutually exclusive")
-    if args.freeze_tps_bn and not args.tps_from:
-        parser.error("--freeze_tps_bn needs --tps_from (a TPS that trains jointly keeps its BatchNorms live)")
+    if args.freeze_tps_bn and not (args.tps_from or args.tps_stage):
+        parser.error("--freeze_tps_bn needs --tps_from or --tps_stage (a TPS that trains jointly keeps its "
+                     "BatchNorms live)")
     if args.tps_from and ((args.resume and args.resume != "auto") or args.finetune):
         parser.error("--tps_from starts a new run; --resume/--finetune already carry the TPS weights")
+    if args.tps_stage and (args.tps_from or args.finetune):
+        parser.error("--tps_stage trains the TPS itself; --tps_from/--finetune bring one")
+    if args.tps_stage is not None and args.tps_stage < 0:
+        parser.error(f"--tps_stage must be 0 or more iterations, got {args.tps_stage}")
     if args.train_data and args.train_data.startswith(SYNTH_PREFIX):
         try:
             synth_size(args.train_data)
@@ -126,6 +139,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     """The engine's options from the command line: data paths (the built-in data without any), the preset
     (paper with data, demo without) and the Config fields the flags set."""
     overrides = {name: getattr(args, name) for name in CONFIG_FLAGS}
+    overrides["tps_stage_iters"] = args.tps_stage
     siga = {"switch_iter": args.siga_switch_iter, "warmup_iters": args.siga_warmup}
     overrides["siga"] = {name: value for name, value in siga.items() if value is not None}
     if args.tps_from:

@@ -71,11 +71,13 @@ class GlyphAttentionNetwork(GlyphEncoders):
     at 1/4 ("mid") and 1/2 ("low") resolution, and BiLSTM-encoded glyph feature sequences.
 
     ``feature_channels`` = channels of (F0, F1, F2); ``channels`` = the decoder width (128 in the paper);
-    ``feature_size`` = D, the glyph feature and BiLSTM width (256 in the paper).
+    ``feature_size`` = D, the glyph feature and BiLSTM width (256 in the paper). ``half_resolution_segmentation``
+    (ours, for small CPU runs; the paper: off) predicts the segmentation at 1/2 resolution from the low stage
+    (no ×2 unpooling, no F0 merge), which the losses compare with the area-downsampled mask.
     """
 
     def __init__(self, feature_channels: tuple[int, int, int], num_slots: int, channels: int = 128,
-                 feature_size: int = 256):
+                 feature_size: int = 256, half_resolution_segmentation: bool = False):
         super().__init__()
         c0, c1, c2 = feature_channels
         self.reduce_mid = conv_bn_relu(c2, c2, 1)
@@ -85,19 +87,20 @@ class GlyphAttentionNetwork(GlyphEncoders):
         self.low_merge = conv_bn_relu(channels + c1, channels, 1)
         self.low_block = conv_bn_relu(channels, channels, 1)
         self.low_head = nn.Conv2d(channels, num_slots, 1)
-        self.up_seg = upsample_bn_relu(channels)
-        self.seg_merge = conv_bn_relu(channels + c0, channels, 1)
+        self.up_seg = None if half_resolution_segmentation else upsample_bn_relu(channels)
+        self.seg_merge = conv_bn_relu(channels if half_resolution_segmentation else channels + c0, channels, 1)
         self.seg_head = nn.Conv2d(channels, 2, 1)
         self.add_glyph_encoders(c1, c2, feature_size)
 
     def forward(self, levels: tuple[torch.Tensor, ...], segmentation: bool = True) -> GlyphOutput:
-        """``levels`` = (F0, F1, F2) of the backbone; ``segmentation=False`` skips the full-resolution branch,
+        """``levels`` = (F0, F1, F2) of the backbone; ``segmentation=False`` skips the segmentation branch,
         which only the losses need."""
         f0, f1, f2 = levels
         hidden_low, logits_low, logits_mid = self.glyph_logits(f1, f2)
         seg_logits = None
         if segmentation:
-            seg_logits = self.seg_head(self.seg_merge(torch.cat([self.up_seg(hidden_low), f0], 1)))
+            merged = hidden_low if self.up_seg is None else torch.cat([self.up_seg(hidden_low), f0], 1)
+            seg_logits = self.seg_head(self.seg_merge(merged))
         return self.glyph_output(logits_low, logits_mid, f1, f2, seg_logits)
 
 

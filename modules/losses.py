@@ -81,8 +81,11 @@ def segmentation_loss(seg_logits: torch.Tensor, warped_mask: torch.Tensor, itera
     Faithful double softmax (bug #13): cross-entropy of softmax(Z_seg) used as logits against the
     binarised mask, so each pixel costs between 0.3133 and 1.3133. After ``switch_iter`` only samples
     with m_b < ``hard_sample_threshold`` count; when none does, the official NaN (bug #12) becomes a
-    zero that keeps the graph.
+    zero that keeps the graph. Logits on a coarser grid than the mask (SIGA_R's half-resolution option) are
+    compared with the area-downsampled mask.
     """
+    if warped_mask.shape[-2:] != seg_logits.shape[-2:]:
+        warped_mask = F.interpolate(warped_mask, size=seg_logits.shape[-2:], mode="area")
     target = (warped_mask > settings.mask_threshold).squeeze(1).long()
     per_pixel = F.cross_entropy(seg_logits.softmax(dim=1), target, reduction="none")
     per_sample = per_pixel.flatten(1).mean(dim=1)
@@ -195,6 +198,8 @@ def siga_loss_terms(warped_mask: torch.Tensor, seg_logits: torch.Tensor, attenti
     """
     seg, _ = segmentation_loss(seg_logits, warped_mask, iteration, settings)
     foreground = predicted_foreground(seg_logits, settings.foreground_threshold)
+    if foreground.shape[-2:] != warped_mask.shape[-2:]:  # a coarser segmentation: F̂ at the input grid as before
+        foreground = F.interpolate(foreground, size=warped_mask.shape[-2:], mode="nearest")
     align = alignment_loss(attention, foreground, lengths, settings)
     scales = []
     for logits in (glyph_logits_low, glyph_logits_mid):

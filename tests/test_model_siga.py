@@ -10,6 +10,7 @@ from checkpoint import (OFFICIAL_IGNORED, atomic_save, convert_official_state_di
 from config import make_config
 from golden import official_rule_state_dict, official_shapes
 from model import GlyphAttentionRecognizer, build_model
+from modules.losses import segmentation_loss, training_loss
 from tokenizer import Tokenizer
 
 count = lambda module: sum(p.numel() for p in module.parameters())
@@ -211,3 +212,39 @@ def test_trace_attention_is_that_of_the_fusion_decoders_by_slot(name):
             forced = decoder(contextual, text_in, glyphs)
             assert torch.allclose(forced.attention, attention, atol=1e-5), head
             assert torch.allclose(forced.logits, plain.auxiliary_logits[head][:, :steps], atol=1e-5), head
+
+
+def test_half_resolution_segmentation_skips_the_full_resolution_branch_and_trains():
+    """--seg_resolution half (ours): segmentation logits at H/2 × W/2 from the low stage, no unpooling or F0 merge;
+    L_seg compares them with the area-downsampled mask and the 1-D branch's coverage still reads F̂ at H × W."""
+    config = make_config("tiny", model="SIGA_R", seg_resolution="half")
+    tokenizer = Tokenizer.from_config(config)
+    torch.manual_seed(0)
+    model = build_model(config, tokenizer)
+    assert model.glyph.up_seg is None
+    images = torch.randn(2, 3, config.img_h, config.img_w)
+    masks = (torch.rand(2, 1, config.img_h, config.img_w) > 0.5).float()
+    ids, lengths = tokenizer.encode(["ab", "cde"])
+    output = model(images, ids[:, :-1], masks)
+    assert output.seg_logits.shape == (2, 2, config.img_h // 2, config.img_w // 2)
+    loss = training_loss(output, ids[:, 1:], lengths, 0, config.siga, config.num_steps)
+    assert torch.isfinite(loss.total) and loss.terms["seg"] > 0 and loss.terms["align"] > 0
+    loss.total.backward()
+    assert model.glyph.seg_merge[0].weight.grad.abs().sum() > 0
+    full = build_model(make_config("tiny", model="SIGA_R"), tokenizer)
+    assert full.glyph.up_seg is not None and full(images, ids[:, :-1], masks).seg_logits.shape[-2:] == (32, 128)
+    with pytest.raises(ValueError, match="built for SIGA_R only"):
+        build_model(make_config("tiny", model="SIGA_S", seg_resolution="half"))
+    with pytest.raises(ValueError, match="seg_resolution must be one of"):
+        build_model(make_config("tiny", model="SIGA_R", seg_resolution="quarter"))
+
+
+def test_segmentation_loss_on_a_coarser_grid_reads_the_area_downsampled_mask():
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :2] = 1.0  # one full 2×2 block, one block three-quarters full, the rest empty
+    mask[..., 2:, 2:] = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[:, 1] = torch.tensor([[20.0, -20.0], [-20.0, 20.0]])  # confident foreground where the area mean > 0.5
+    coarse, _ = segmentation_loss(logits, mask, 0)
+    expected, _ = segmentation_loss(logits, torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]), 0)
+    assert torch.equal(coarse, expected)

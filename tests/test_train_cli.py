@@ -80,6 +80,18 @@ def test_train_then_resume_then_finetune(data, tmp_path):
     assert tuned["iteration"] == 3 and tuned["scheduler"]["last_epoch"] == 3
 
 
+def test_the_run_tells_its_speed_and_time_to_the_end_after_its_first_steps(data, tmp_path, monkeypatch):
+    import engine
+
+    monkeypatch.setattr(engine, "ETA_AFTER_STEPS", 3)
+    options = engine.RunOptions(str(data / "train"), str(data / "val"), preset="tiny", saved_dir=str(tmp_path),
+                                exp_name="eta", overrides={"num_iter": 5, "valid_interval": 5})
+    engine.train(options)
+    log = (tmp_path / "eta" / "log.txt").read_text()
+    assert "speed over the first 3 steps: " in log and " img/s, " in log and " s/step; estimated " in log
+    assert " min for the remaining 2 steps (validation not included)" in log
+
+
 def test_bad_paths_are_clear_errors(tmp_path):
     missing = run_train("--train_data", str(tmp_path / "nope"), "--valid_data", str(tmp_path), "--num_iter", "1",
                         cwd=tmp_path)
@@ -123,6 +135,55 @@ def test_siga_r_train_test_demo_and_tps_from(data, tmp_path):
                            "--images", str(image), "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "word.png" in demo.stdout
+
+
+def tps_tensors(state: dict, statistics: bool) -> dict:
+    """The TPS localisation tensors of a state_dict: its parameters, or its BatchNorm running statistics."""
+    prefix = "transformation.localization."
+    return {k: v for k, v in state.items() if k.startswith(prefix) and ("running" in k) == statistics
+            and "num_batches" not in k}
+
+
+@pytest.mark.parametrize("freeze_statistics", [False, True])
+def test_tps_stage_trains_the_baseline_first_then_siga_r_with_its_tps_frozen(data, tmp_path, freeze_statistics):
+    """One command, the paper's two stages: TRBA for --tps_stage steps into <run>/tps_stage, then SIGA_R with
+    that TPS frozen; its BatchNorm statistics update (official) unless --freeze_tps_bn; the same command
+    again reuses the finished stage."""
+    args = [*common_args(data, tmp_path), "--model", "SIGA_R", "--mask_root", str(data / "masks"), "--tps_stage",
+            "3", "--num_iter", "4", "--valid_interval", "4", "--exp_name", "two", "--seg_resolution", "half",
+            *(["--freeze_tps_bn"] if freeze_statistics else [])]
+    first = run_train(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "TPS stage: TRBA for 3 iterations" in first.stdout and "[3/3]" in first.stdout and "[4/4]" in first.stdout
+    stage = load_checkpoint(tmp_path / "two" / "tps_stage" / "last.pth")
+    main = load_checkpoint(tmp_path / "two" / "last.pth")
+    assert stage["config"]["model"] == "TRBA" and stage["iteration"] == 3 and not stage["config"]["freeze_tps"]
+    assert main["config"]["model"] == "SIGA_R" and main["iteration"] == 4 and main["config"]["freeze_tps"]
+    assert main["config"]["freeze_tps_bn"] == freeze_statistics and main["config"]["seg_resolution"] == "half"
+    weights, statistics = tps_tensors(stage["model"], False), tps_tensors(stage["model"], True)
+    assert len(weights) == 16 and len(statistics) == 8
+    assert all(torch.equal(v, main["model"][k]) for k, v in weights.items())
+    same_statistics = all(torch.equal(v, main["model"][k]) for k, v in statistics.items())
+    assert same_statistics == freeze_statistics  # official: the frozen TPS's BatchNorms keep updating
+    assert main["model"]["glyph.seg_merge.0.weight"].shape[1] == main["config"]["glyph_channels"]  # no F0 merge
+
+    resumed = run_train(*args, "--resume", "auto", cwd=tmp_path)  # the main run's checkpoint carries the TPS
+    assert resumed.returncode == 0 and "TPS stage" not in resumed.stdout, resumed.stderr[-3000:]
+    (tmp_path / "two" / "last.pth").unlink()
+    again = run_train(*args, cwd=tmp_path)  # a finished stage is reused, not retrained
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "TPS stage: TRBA for 3 iterations" in again.stdout and "(finished, reused)" in again.stdout
+    assert "[3/3]" not in again.stdout and "[4/4]" in again.stdout
+    reused = load_checkpoint(tmp_path / "two" / "tps_stage" / "last.pth")["model"]
+    assert all(torch.equal(reused[k], v) for k, v in stage["model"].items())
+
+
+def test_tps_stage_needs_a_model_with_a_baseline_and_no_other_tps(data, tmp_path):
+    vitba = run_train(*common_args(data, tmp_path), "--model", "SIGA_T", "--tps_stage", "2", cwd=tmp_path)
+    assert vitba.returncode != 0 and "--tps_stage trains the TPS of ['SIGA_R', 'SIGA_S']" in vitba.stderr
+    both = run_train(*common_args(data, tmp_path), "--model", "SIGA_R", "--tps_stage", "2", "--tps_from", "x.pth",
+                     cwd=tmp_path)
+    assert both.returncode != 0 and "--tps_stage trains the TPS itself" in both.stderr
 
 
 def test_siga_s_two_stage_train_resume_test_demo(data, tmp_path):
