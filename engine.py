@@ -168,6 +168,7 @@ def gather_step_status(values: list[float], env: DistEnv) -> dict[str, float]:
 #: after this many steps a run logs its measured speed and the estimated time to its end
 ETA_AFTER_STEPS = 50
 
+
 @dataclass
 class FitState:
     """The loop's running numbers: best/last validation accuracy, skipped samples, throughput windows."""
