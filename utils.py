@@ -21,11 +21,17 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16
 ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
+def onednn_cap_below_bf16() -> str | None:
+    """The ``ONEDNN_MAX_CPU_ISA`` value when it keeps oneDNN from its bf16 kernels, else None."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return cap if cap in ONEDNN_ISAS_WITHOUT_BF16 else None
+
+
 def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 flags in ``cpuinfo``) and oneDNN may
     use those units (no ``ONEDNN_MAX_CPU_ISA`` cap below them), where oneDNN's bf16 kernels outrun fp32; False
     where the file is absent (not Linux). Elsewhere oneDNN emulates bf16, many times slower than fp32."""
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BF16:
+    if onednn_cap_below_bf16():
         return False
     try:
         text = open(cpuinfo).read()
@@ -42,8 +48,8 @@ def bf16_emulation_reason(device: torch.device) -> str | None:
         return None if torch.cuda.is_bf16_supported() else f"{torch.cuda.get_device_name(device)} has no bf16 support"
     if device.type != "cpu" or cpu_has_bf16_units():
         return None
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    capped = f" (ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN below them)" if cap in ONEDNN_ISAS_WITHOUT_BF16 else ""
+    cap = onednn_cap_below_bf16()
+    capped = f" (ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN below them)" if cap else ""
     return (f"this CPU has no bf16 units (no avx512_bf16 or amx_bf16 flag){capped}: oneDNN emulates bf16, "
             "many times slower than fp32")
 

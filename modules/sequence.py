@@ -1,4 +1,5 @@
-"""Bidirectional LSTM with an output projection (SPEC §3.3), and the precision every LSTM runs in under autocast."""
+"""Bidirectional LSTM with an output projection, and the precision every LSTM runs in under CPU autocast
+(docs/bf16_cpus.md)."""
 from __future__ import annotations
 
 import functools
