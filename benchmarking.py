@@ -106,10 +106,12 @@ TWO_STAGE_MODELS = ("SIGA_R", "SIGA_S")
 
 
 def siga_overrides(name: str, args: argparse.Namespace) -> dict:
-    """Config fields bench.py sets on model ``name``: the frozen TPS of the two-stage recipe (``--two_stage``)
-    and SIGA_R's segmentation resolution (``--seg_resolution``); baselines keep their preset."""
+    """Config fields bench.py sets on model ``name``: the frozen TPS of the two-stage recipe (``--two_stage``, or
+    a preset that trains a TPS stage first, as SIGA_R's demo: timed as it trains after the stage) and SIGA_R's
+    segmentation resolution (``--seg_resolution``); baselines keep their preset."""
     overrides = {}
-    if getattr(args, "two_stage", False) and name in TWO_STAGE_MODELS:
+    staged = make_config(args.preset, model=name).tps_stage_iters > 0
+    if (getattr(args, "two_stage", False) or staged) and name in TWO_STAGE_MODELS:
         overrides["freeze_tps"] = True
     if getattr(args, "seg_resolution", None) and name == "SIGA_R":
         overrides["seg_resolution"] = args.seg_resolution

@@ -16,7 +16,8 @@ to the pixels of the original (stored) image:
 
 Step i is then compared with ground-truth character i (after the tokenizer's charset filtering, which
 drops the matching boxes): a 1-D peak hits when its x lies in the box's columns, a glyph peak when (x, y)
-lies in the box; "in" means the pixel the point falls in, i.e. x − ½ ≤ p < x + w − ½. Characters past the
+lies in the box (and, to tell a wrong row from a wrong column, its x alone in the box's columns:
+``HIT_TESTS``); "in" means the pixel the point falls in, i.e. x − ½ ≤ p < x + w − ½. Characters past the
 step a sequence emitted EOS at (or past the last step) count as misses, so a sample's score never depends
 on the rest of its batch; so do the characters of an unreadable sample. Counts are kept over all
 ground-truth characters and over those of correctly read words.
@@ -47,9 +48,12 @@ from modules.outputs import GlyphTrace, Trace
 from tokenizer import Tokenizer, first_eos_index
 from utils import autocast
 
-#: the maps whose peaks are scored, and whether their hit test is 2-D
+#: the maps whose peaks are located, and whether their own hit test is 2-D
 MAPS = {"1d": False, "glyph": True}
-MAP_TITLES = {"1d": "1-D attention (x)", "glyph": "glyph map (x, y)"}
+#: the hit tests scored: name → (map whose peaks it reads, 2-D). "glyph_x" tests the glyph peaks' x alone, which
+#: separates a glyph channel that finds its character's column but the wrong row from one that misses the column
+HIT_TESTS = {"1d": ("1d", False), "glyph_x": ("glyph", False), "glyph": ("glyph", True)}
+TEST_TITLES = {"1d": "1-D attention (x)", "glyph_x": "glyph map (x only)", "glyph": "glyph map (x, y)"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,8 +318,8 @@ def even_spacing_points(entries: Sequence[CharBoxes], device: torch.device | str
 class AttentionTally:
     """Character-attention counts of one evaluation set: words scored (``unreadable`` of them could not be
     decoded: every character a miss), correctly read words, ground-truth characters over all words and over
-    correct ones, per map name the hits among each, and the hits of ``even_spacing_points`` with each map's
-    hit test over all characters (``baseline_hits``)."""
+    correct ones, per hit test of ``HIT_TESTS`` the hits among each, and the hits of ``even_spacing_points``
+    under each test over all characters (``baseline_hits``)."""
 
     name: str
     words: int = 0
@@ -328,18 +332,18 @@ class AttentionTally:
     baseline_hits: dict[str, int] = field(default_factory=dict)
 
     def percent(self, name: str, correct_only: bool = False) -> float:
-        """Hits of map ``name`` in % of all characters (or of the characters of correctly read words)."""
+        """Hits of test ``name`` in % of all characters (or of the characters of correctly read words)."""
         hits, chars = (self.correct_hits, self.correct_chars) if correct_only else (self.hits, self.chars)
         return 100.0 * hits.get(name, 0) / max(chars, 1)
 
     def baseline_percent(self, name: str) -> float:
-        """Hits of the even-spacing baseline under map ``name``'s test, in % of all characters."""
+        """Hits of the even-spacing baseline under test ``name``, in % of all characters."""
         return 100.0 * self.baseline_hits.get(name, 0) / max(self.chars, 1)
 
     def _add_baseline(self, entries: Sequence[CharBoxes], device: torch.device | str) -> None:
         boxes, lengths = pad_boxes(entries, device)
         points = even_spacing_points(entries, device)
-        for name, two_d in MAPS.items():
+        for name, (_, two_d) in HIT_TESTS.items():
             hits = box_hits(points, boxes, lengths, lengths, two_d)
             self.baseline_hits[name] = self.baseline_hits.get(name, 0) + int(hits.sum())
 
@@ -354,8 +358,10 @@ class AttentionTally:
         self.correct_words += int(correct.sum())
         self.chars += int(lengths.sum())
         self.correct_chars += int(lengths[correct].sum())
-        for name, points in peaks.original.items():
-            hits = box_hits(points, boxes, lengths, peaks.steps, MAPS[name])
+        for name, (source, two_d) in HIT_TESTS.items():
+            if source not in peaks.original:
+                continue
+            hits = box_hits(peaks.original[source], boxes, lengths, peaks.steps, two_d)
             self.hits[name] = self.hits.get(name, 0) + int(hits.sum())
             self.correct_hits[name] = self.correct_hits.get(name, 0) + int(hits[correct].sum())
         self._add_baseline(entries, correct.device)
@@ -448,7 +454,7 @@ def evaluate_char_attention(model: torch.nn.Module, tokenizer: Tokenizer, config
 def format_char_attention(tallies: Sequence[AttentionTally]) -> str:
     """A table per set: words, accuracy and characters, then per map the hit rate over all characters, over the
     characters of correctly read words and of the even-spacing baseline, each with its counts."""
-    names = [name for name in MAPS if any(name in tally.hits for tally in tallies)]
+    names = [name for name in HIT_TESTS if any(name in tally.hits for tally in tallies)]
     kinds = ("all chars", "correct words", "even spacing")
 
     def cells(tally: AttentionTally, name: str) -> list[str]:
@@ -461,7 +467,7 @@ def format_char_attention(tallies: Sequence[AttentionTally]) -> str:
     width = max([len("dataset")] + [len(tally.name) for tally in tallies])
     lead = f"{'dataset':<{width}}  {'words':>6}  {'accuracy':>8}  {'chars':>6}"
     group = 3 * cell + 4
-    groups = " " * len(lead) + "".join(f"  {MAP_TITLES[name]:^{group}}" for name in names)
+    groups = " " * len(lead) + "".join(f"  {TEST_TITLES[name]:^{group}}" for name in names)
     header = lead + "".join(f"  {kind:>{cell}}" for _ in names for kind in kinds)
 
     def line(tally: AttentionTally) -> str:

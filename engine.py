@@ -518,6 +518,9 @@ def run(options: RunOptions, env: DistEnv) -> dict:
 #: the glyph-free model whose run trains a SIGA model's TPS in the one-command two-stage recipe (--tps_stage)
 TPS_STAGE_BASELINES = {"SIGA_R": "TRBA", "SIGA_S": "TSBA"}
 TPS_STAGE_DIR = "tps_stage"
+#: what the stage's baseline takes from the main run's config besides the command line: its widths (its model's
+#: preset layer applies to the main model only)
+TPS_STAGE_SHARED_FIELDS = ("tps_channels", "tps_fc", "backbone_channels", "backbone_blocks", "hidden_size")
 
 
 def tps_stage_options(options: RunOptions) -> RunOptions | None:
@@ -533,7 +536,8 @@ def tps_stage_options(options: RunOptions) -> RunOptions | None:
     if config.model not in TPS_STAGE_BASELINES:
         raise SystemExit(f"error: --tps_stage trains the TPS of {sorted(TPS_STAGE_BASELINES)}; "
                          f"{config.model} has no such baseline")
-    stage = {"model": TPS_STAGE_BASELINES[config.model], "num_iter": config.tps_stage_iters, "tps_stage_iters": 0,
+    stage = {name: getattr(config, name) for name in TPS_STAGE_SHARED_FIELDS}
+    stage |= {"model": TPS_STAGE_BASELINES[config.model], "num_iter": config.tps_stage_iters, "tps_stage_iters": 0,
              "freeze_tps": False, "freeze_tps_bn": False, "seg_resolution": "full",
              "curriculum_iters": min(config.curriculum_iters, config.tps_stage_iters)}
     return dataclasses.replace(options, saved_dir=str(run_dir), exp_name=TPS_STAGE_DIR, resume="auto",

@@ -2,6 +2,7 @@
 skipped), the FLOP count it relies on, the ratio arithmetic and the fp32/bf16 agreement count."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import benchmarking
-from benchmarking import compare, forward_flops, precisions
+from benchmarking import compare, forward_flops, precisions, siga_overrides
 from conftest import make_word_lmdb, run_entry_point, write_tiny_checkpoint
 from dataset import Collate, LmdbDataset
 from evaluation import benchmark_normalize
@@ -82,6 +83,16 @@ def test_forward_flops_counts_convolutions_linears_and_lstms():
     lstm = torch.nn.LSTM(16, 8, bidirectional=True, batch_first=True)
     flops = forward_flops(lstm, lambda: lstm(torch.randn(3, 5, 16)))
     assert flops == 2 * 3 * 5 * 2 * 4 * 8 * (16 + 8)  # 2·B·T·directions·4H(I+H)
+
+
+def test_siga_r_is_timed_as_its_preset_trains_it():
+    """The demo trains SIGA_R after a TPS stage: bench times it with the TPS frozen; the paper preset only with
+    --two_stage; baselines train their own TPS."""
+    def overrides(name, preset, **flags):
+        return siga_overrides(name, argparse.Namespace(preset=preset, **flags))
+    assert overrides("SIGA_R", "demo") == {"freeze_tps": True} and overrides("TRBA", "demo") == {}
+    assert overrides("SIGA_R", "paper") == {} and overrides("SIGA_R", "paper", two_stage=True) == {"freeze_tps": True}
+    assert overrides("SIGA_R", "paper", seg_resolution="half") == {"seg_resolution": "half"}
 
 
 def test_compare_gives_siga_over_trba_time():

@@ -185,15 +185,27 @@ def test_tally_counts_all_characters_and_correct_words():
     tally.add_batch(peaks, entries, torch.tensor([True, False]))
     tally.add_unreadable([CharBoxes("xyz", "xyz", ((0, 0, 1, 1),) * 3, 8, 4)])
     assert (tally.words, tally.unreadable, tally.correct_words, tally.chars, tally.correct_chars) == (3, 1, 1, 8, 2)
-    # 1-D: a ✓ b ✓ | c ✓ d ✗ (x 1 not in 2–3) e ✗ (step 2 not decoded); 2-D: b's y 9 misses too
-    assert tally.hits == {"1d": 3, "glyph": 2} and tally.correct_hits == {"1d": 2, "glyph": 1}
+    # 1-D (and the glyph peaks' x alone): a ✓ b ✓ | c ✓ d ✗ (x 1 not in 2–3) e ✗ (step 2 not decoded);
+    # 2-D: b's y 9 misses too
+    assert tally.hits == {"1d": 3, "glyph_x": 3, "glyph": 2}
+    assert tally.correct_hits == {"1d": 2, "glyph_x": 2, "glyph": 1}
     assert tally.percent("1d") == pytest.approx(37.5) and tally.percent("glyph", correct_only=True) == 50.0
     row = tally.row()
     assert row["accuracy"] == pytest.approx(100 / 3) and row["percent_correct_words"]["1d"] == 100.0
     # even spacing: 'ab' at x 1.5, 5.5 (both in), 'cde' at x ⅚, 3.5, 6⅙ (d's columns 2–3 end at 3.5: out),
     # 'xyz' (unreadable, 1-pixel boxes at the origin) none
-    assert tally.baseline_hits == {"1d": 4, "glyph": 4} and tally.baseline_percent("glyph") == 50.0
-    assert row["baseline_percent"] == {"1d": 50.0, "glyph": 50.0}
+    assert tally.baseline_hits == {"1d": 4, "glyph_x": 4, "glyph": 4} and tally.baseline_percent("glyph") == 50.0
+    assert row["baseline_percent"] == {"1d": 50.0, "glyph_x": 50.0, "glyph": 50.0}
+
+
+def test_tally_scores_glyph_x_apart_from_the_glyph_row():
+    """A glyph peak in its character's columns but above the box: an x hit, a 2-D miss."""
+    entry = CharBoxes("a", "a", ((2, 2, 3, 3),), 8, 8)
+    points = torch.tensor([[[3.0, 0.0]]])
+    tally = AttentionTally("set")
+    tally.add_batch(StepPeaks(torch.tensor([1]), {}, {"1d": points + 4, "glyph": points}), [entry],
+                    torch.tensor([True]))
+    assert tally.hits == {"1d": 0, "glyph_x": 1, "glyph": 0}
 
 
 def test_even_spacing_points():
@@ -363,8 +375,9 @@ def boxed(request, tmp_path_factory):
     steps = decoded_steps(trace.logits, tokenizer.eos_id).tolist()
     labels, entries = [], {}
     expected = SimpleNamespace(words=len(WORDS), correct_words=0, chars=0, correct_chars=0,
-                               hits={"1d": 0, "glyph": 0}, correct_hits={"1d": 0, "glyph": 0},
-                               baseline={"1d": 0, "glyph": 0})
+                               hits={"1d": 0, "glyph_x": 0, "glyph": 0},
+                               correct_hits={"1d": 0, "glyph_x": 0, "glyph": 0},
+                               baseline={"1d": 0, "glyph_x": 0, "glyph": 0})
     for sample, reading in enumerate(readings):
         index = sample + 1 if sample + 1 < CORRUPT else sample + 2
         correct = sample % 2 == 0
@@ -378,8 +391,9 @@ def boxed(request, tmp_path_factory):
         expected.chars += len(chars)
         expected.correct_words += correct
         expected.correct_chars += len(chars) * correct
-        for name in (("1d", "glyph") if request.param == "SIGA_R" else ("1d",)):
-            hits = sum(inside(point[name], box, name == "glyph") for point, box in zip(points, boxes))
+        for name in (("1d", "glyph_x", "glyph") if request.param == "SIGA_R" else ("1d",)):
+            source = "glyph" if name == "glyph_x" else name
+            hits = sum(inside(point[source], box, name == "glyph") for point, box in zip(points, boxes))
             expected.hits[name] += hits
             expected.correct_hits[name] += hits * correct
             expected.baseline[name] += spacing_hits(boxes, *ORIGINAL_SIZE, name == "glyph")
@@ -405,7 +419,7 @@ def test_test_py_reports_the_character_attention(boxed, tmp_path):
     expected = boxed.expected
     assert (row["words"], row["unreadable"], row["correct_words"], row["chars"], row["correct_chars"]) == \
         (expected.words, 1, expected.correct_words, expected.chars, expected.correct_chars)
-    names = ["1d", "glyph"] if boxed.model == "SIGA_R" else ["1d"]
+    names = ["1d", "glyph_x", "glyph"] if boxed.model == "SIGA_R" else ["1d"]
     assert row["hits"] == {name: expected.hits[name] for name in names}
     assert row["correct_hits"] == {name: expected.correct_hits[name] for name in names}
     assert row["baseline_hits"] == {name: expected.baseline[name] for name in names}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from config import Config, make_config
+from engine import RunOptions, tps_stage_options
 from modules.losses import SigaLossSettings
 
 
@@ -38,3 +39,23 @@ def test_checkpoints_with_flat_loss_constants_keep_them():
     config = Config.from_dict(old)
     assert config.siga.switch_iter == 123 and config.siga.sharpen_slope == 50.0
     assert config.siga.sharpen_offset == SigaLossSettings().sharpen_offset
+
+
+def test_siga_r_cpu_presets_train_two_stages_at_half_segmentation_resolution():
+    """In the CPU presets SIGA_R trains a TRBA stage first; the demo narrows SIGA_R's last stages; the paper
+    preset is untouched."""
+    demo, cpu, paper = (make_config(preset, model="SIGA_R") for preset in ("demo", "cpu", "paper"))
+    assert demo.tps_stage_iters > 0 and cpu.tps_stage_iters > 0 and paper.tps_stage_iters == 0
+    assert demo.seg_resolution == cpu.seg_resolution == "half" and paper.seg_resolution == "full"
+    assert demo.backbone_channels[-1] < make_config("demo").backbone_channels[-1]
+    assert make_config("demo", model="TRBA") == make_config("demo")  # TRBA's demo is unchanged
+
+
+def test_the_tps_stage_trains_the_baseline_at_the_main_runs_widths():
+    options = RunOptions("train", "val", preset="demo", overrides={"model": "SIGA_R", "seed": 5})
+    stage = tps_stage_options(options)
+    main = make_config("demo", model="SIGA_R")
+    config = make_config(stage.preset, **stage.overrides)
+    assert config.model == "TRBA" and config.num_iter == main.tps_stage_iters and config.seed == 5
+    assert (config.backbone_channels, config.hidden_size) == (main.backbone_channels, main.hidden_size)
+    assert config.curriculum_iters == main.tps_stage_iters  # the whole stage reads the plain curriculum
