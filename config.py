@@ -200,19 +200,17 @@ VIT_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vit_dim=32, vit_depth=4, vit_heads=2, vit_taps=(1, 2, 3, 4), vit_tail_channels=32),
 }
 #: SIGA_R in the CPU presets: the paper's two-stage recipe in one run (a short TRBA stage trains the TPS, which
-#: SIGA_R then reads frozen) and the segmentation branch at half resolution; the demo also narrows the backbone's
-#: last stages and the sequence width, for SIGA_R's extra heads (docs/training_cost.md)
+#: SIGA_R then reads frozen) and the segmentation branch at half resolution (docs/training_cost.md); the demo
+#: does not read real words yet (docs/siga_r_demo.md)
 SIGA_R_PRESETS: dict[str, dict[str, Any]] = {
-    "demo": dict(backbone_channels=(16, 16, 32, 48, 64, 96), hidden_size=64, seg_resolution="half",
-                 tps_stage_iters=300),
+    "demo": dict(seg_resolution="half", tps_stage_iters=300),
     "cpu": dict(seg_resolution="half", tps_stage_iters=3000),
 }
 MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     **{(model, preset): values for model in ("TSBA", "SIGA_S") for preset, values in SVTR_PRESETS.items()},
     **{(model, preset): values for model in ("VITBA", "SIGA_T") for preset, values in VIT_PRESETS.items()},
     **{("SIGA_R", preset): values for preset, values in SIGA_R_PRESETS.items()}}
-#: the model ``train.py`` trains without ``--model``: the paper's
-TRAIN_DEFAULT_MODEL = "SIGA_R"
+
 
 
 def make_config(preset: str = "paper", **overrides: Any) -> Config:

@@ -1,10 +1,9 @@
-"""Train a recognition model (SIGA_R unless --model says otherwise) on LMDB data, in one process or many
-(torchrun); README "Training".
+"""Train a recognition model on LMDB data, in one process or many (torchrun); README "Training".
 
 With no data arguments it builds the built-in synthetic sets (if absent): plain crops under ``data/synth_plain``
 and the engine's full variety under ``data/synth_varied``, and trains the ``demo`` preset, sized for a 2-core CPU,
-on the plain crops first (a curriculum, on which the attention decoder aligns), then on the varied ones; SIGA_R
-first trains a short TRBA stage whose TPS it then reads frozen (the paper's two-stage recipe, ``--tps_stage``).
+on the plain crops first (a curriculum, on which the attention decoder aligns), then on the varied ones; with
+``--model SIGA_R`` a short TRBA stage first trains the TPS that SIGA_R then reads frozen (the paper's two stages).
 ``--preset cpu`` does the same longer, on ``data/synth_cpu_plain`` and ``data/synth_cpu``.
 """
 from __future__ import annotations
@@ -14,7 +13,7 @@ import sys
 
 import torch
 
-from config import SEG_RESOLUTIONS, TRAIN_DEFAULT_MODEL, make_config
+from config import SEG_RESOLUTIONS, make_config
 from dataset import SYNTH_PREFIX, synth_size
 from engine import RunOptions, train
 from model import MODELS
@@ -51,9 +50,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and optimisation")
-    model.add_argument("--model", choices=sorted(MODELS), default=TRAIN_DEFAULT_MODEL,
-                       help=f"architecture (default {TRAIN_DEFAULT_MODEL}; TRBA is its glyph-free baseline); SIGA_S, "
-                            "SIGA_T and their baselines bring their own recipe (README)")
+    model.add_argument("--model", choices=sorted(MODELS),
+                       help="architecture (default TRBA, SIGA_R's glyph-free baseline); SIGA_S, SIGA_T and their "
+                            "baselines bring their own recipe (README)")
     model.add_argument("--tps_from", help="load the TPS of a TRBA/SIGA_R checkpoint of this repo and freeze it "
                                           "(the paper's two-stage recipe); without it the TPS trains jointly")
     model.add_argument("--pretrained_vit", help="SIGA_T/VITBA: DeiT-style ImageNet weights (a local file) for the "

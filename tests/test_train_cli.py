@@ -291,10 +291,3 @@ def test_a_presets_curriculum_is_off_with_your_own_data_and_pct_start_is_a_flag(
     config = load_checkpoint(tmp_path / "own" / "last.pth")["config"]
     assert config["curriculum_iters"] == 0 and config["pct_start"] == 0.7 and config["hidden_size"] == 96
 
-
-def test_without_model_train_py_trains_siga_r(data, tmp_path):
-    run = run_train("--train_data", str(data / "train"), "--valid_data", str(data / "val"), "--mask_root",
-                    str(data / "masks"), "--saved_dir", str(tmp_path), "--num_iter", "1", "--valid_interval", "1",
-                    cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "model SIGA_R:" in run.stdout and (tmp_path / "SIGA_R-tiny" / "last.pth").is_file()
