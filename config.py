@@ -212,7 +212,6 @@ MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     **{("SIGA_R", preset): values for preset, values in SIGA_R_PRESETS.items()}}
 
 
-
 def make_config(preset: str = "paper", **overrides: Any) -> Config:
     """A Config from the model's defaults, a named preset, the model's version of that preset and explicit
     overrides, in that order (``None`` values are ignored); ``siga`` entries are dicts of SigaLossSettings

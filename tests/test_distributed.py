@@ -31,8 +31,8 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 
 def data_args(data: Path, saved: Path) -> list[str]:
-    return ["--preset", "tiny", "--device", "cpu", "--model", "TRBA", "--train_data", str(data / "train"),
-            "--valid_data", str(data / "val"), "--saved_dir", str(saved)]
+    return ["--preset", "tiny", "--device", "cpu", "--train_data", str(data / "train"), "--valid_data",
+            str(data / "val"), "--saved_dir", str(saved)]
 
 
 def run(command: list[str], cwd: Path, **environment: str) -> subprocess.CompletedProcess:

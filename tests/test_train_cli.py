@@ -49,8 +49,7 @@ def run_test_and_demo(checkpoint: Path, model: str, data: Path, tmp_path: Path) 
 
 
 def common_args(data: Path, saved: Path) -> list[str]:
-    return ["--model", "TRBA", "--train_data", str(data / "train"), "--valid_data", str(data / "val"), "--saved_dir",
-            str(saved)]
+    return ["--train_data", str(data / "train"), "--valid_data", str(data / "val"), "--saved_dir", str(saved)]
 
 
 def test_train_then_resume_then_finetune(data, tmp_path):
@@ -290,4 +289,3 @@ def test_a_presets_curriculum_is_off_with_your_own_data_and_pct_start_is_a_flag(
     assert run.returncode == 0, run.stderr[-3000:]
     config = load_checkpoint(tmp_path / "own" / "last.pth")["config"]
     assert config["curriculum_iters"] == 0 and config["pct_start"] == 0.7 and config["hidden_size"] == 96
-
