@@ -9,7 +9,10 @@ to the pixels of the original (stored) image:
   that span at the rectified image's vertical centre (α carries no vertical information);
 * the glyph map of a SIGA model: channel k + 1 of the low-scale glyph logits [B, K, h, w] belongs to step
   k; its peak is the centre of the cell holding its spatial maximum (the softmax that pools glyph
-  features does not move the maximum);
+  features does not move the maximum). The glyph loss is a per-pixel cross-entropy over the K channels,
+  which constrains each pixel's logits only up to a common offset; so the same peak is also taken of the
+  class probability (the softmax over channels, "glyph_class"), which is what that loss trains to mark the
+  k-th character's pixels;
 * rectified pixel → model-input pixel by a bilinear lookup of the rectifier's sampling grid at the point
   (``align_corners=True``, as ``grid_sample`` reads it); model-input pixel → original pixel by the
   bicubic resize's pixel-centre mapping x_orig = (x + ½) · w_orig / W − ½.
@@ -49,11 +52,13 @@ from tokenizer import Tokenizer, first_eos_index
 from utils import autocast
 
 #: the maps whose peaks are located, and whether their own hit test is 2-D
-MAPS = {"1d": False, "glyph": True}
+MAPS = {"1d": False, "glyph": True, "glyph_class": True}
 #: the hit tests scored: name → (map whose peaks it reads, 2-D). "glyph_x" tests the glyph peaks' x alone, which
 #: separates a glyph channel that finds its character's column but the wrong row from one that misses the column
-HIT_TESTS = {"1d": ("1d", False), "glyph_x": ("glyph", False), "glyph": ("glyph", True)}
-TEST_TITLES = {"1d": "1-D attention (x)", "glyph_x": "glyph map (x only)", "glyph": "glyph map (x, y)"}
+HIT_TESTS = {"1d": ("1d", False), "glyph_x": ("glyph", False), "glyph": ("glyph", True),
+             "glyph_class": ("glyph_class", True)}
+TEST_TITLES = {"1d": "1-D attention (x)", "glyph_x": "glyph map (x only)", "glyph": "glyph map (x, y)",
+               "glyph_class": "glyph class prob. (x, y)"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,6 +273,8 @@ def locate_peaks(trace: Trace | GlyphTrace, original_sizes: torch.Tensor, eos_id
     rectified = {"1d": attention_peaks(trace.attention, size)}
     if isinstance(trace, GlyphTrace):
         rectified["glyph"] = glyph_peaks(trace.glyph_logits_low, size, trace.attention.shape[2])
+        rectified["glyph_class"] = glyph_peaks(trace.glyph_logits_low.float().softmax(1), size,
+                                               trace.attention.shape[2])
     original = {name: to_original(through_grid(points, trace.grid, size), size, original_sizes.to(points.device))
                 for name, points in rectified.items()}
     return StepPeaks(decoded_steps(trace.logits, eos_id), rectified, original)

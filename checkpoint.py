@@ -1,6 +1,6 @@
 """Checkpoints: this repo's format (save, load, validate, atomic writes, ``weights_only=True``), rebuilding a model
-from a checkpoint, the authors' released checkpoints through one explicit name map per model, ``--tps_from``
-and the fine-tuning charset check."""
+from a checkpoint, the authors' released checkpoints through one explicit name map per model, ``--tps_from``, a
+TPS stage's handover to its SIGA model and the fine-tuning charset check."""
 from __future__ import annotations
 
 import os
@@ -394,6 +394,39 @@ def load_tps(model: nn.Module, checkpoint_path: str | Path) -> None:
             raise ValueError(f"{checkpoint_path}: {prefix + key} has shape {tuple(value.shape)}, "
                              f"this model expects {tuple(target[key].shape)}")
     model.transformation.localization.load_state_dict(found, strict=True)
+
+
+#: where a glyph-free baseline's tensors go in its SIGA model at a stage handover (SIGA_R from TRBA, SIGA_S from
+#: TSBA): the contextual BiLSTMs and attention decoder start both the recognition branch and the alignment branch
+#: whose 1-D attention makes the glyph pseudo-labels; every other baseline tensor keeps its name
+HANDOVER_TARGETS = {"sequence.": ("siga.sequence.", "siga.alignment_sequence."),
+                    "decoder.": ("siga.trba_decoder.", "siga.alignment_decoder.")}
+
+
+def load_handover(model: nn.Module, checkpoint_path: str | Path) -> int:
+    """Copy every tensor of a glyph-free baseline's checkpoint (TPS, backbone, BiLSTMs, attention decoder) into
+    the SIGA ``model`` through ``HANDOVER_TARGETS``; the glyph network and the other decoders keep their
+    initialisation. Every baseline tensor must find its targets with the same shape. Returns the number of
+    model tensors written."""
+    source = load_checkpoint(checkpoint_path)["model"]
+    target = model.state_dict()
+    updates, problems = {}, []
+    for key, value in source.items():
+        prefix = next((p for p in HANDOVER_TARGETS if key.startswith(p)), None)
+        names = [t + key[len(prefix):] for t in HANDOVER_TARGETS[prefix]] if prefix else [key]
+        for name in names:
+            if name not in target:
+                problems.append(f"{key} → {name}: not in {type(model).__name__}")
+            elif target[name].shape != value.shape:
+                problems.append(f"{key} → {name}: shape {tuple(value.shape)}, "
+                                f"the model has {tuple(target[name].shape)}")
+            else:
+                updates[name] = value
+    if problems:
+        raise ValueError(f"{checkpoint_path}: not the baseline of this model: " + "; ".join(problems[:5])
+                         + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+    model.load_state_dict({**target, **updates}, strict=True)
+    return len(updates)
 
 
 #: DeiT checkpoint keys not taken (SPEC_SIGA_T §3.9): other patch size and grid, the ImageNet classifier, and the

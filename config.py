@@ -59,6 +59,9 @@ class Config:
     freeze_tps: bool = False  # TPS excluded from training (set by --tps_from, the paper's two-stage recipe)
     freeze_tps_bn: bool = False  # keep the (frozen) TPS's BatchNorm statistics fixed in training (SPEC §7 #7)
     tps_stage_iters: int = 0  # >0: train the glyph-free baseline this long first and reuse its TPS frozen (ours)
+    # with tps_stage_iters: the stage is the first tps_stage_iters steps of this run's own schedule, and the SIGA
+    # model continues that schedule from there with every tensor it shares with the baseline (ours, for CPU budgets)
+    stage_handover: bool = False
     # optimisation (SPEC §5.2; SIGA_S: SPEC_SIGA_S §5.2)
     batch_size: int = 320  # per process; the paper's global batch is 2 × 320
     num_iter: int = 160000

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from checkpoint import (atomic_save, check_finetune_source, load_checkpoint, load_pretrained_vit, load_tps,
-                        model_from_checkpoint, training_state)
+from checkpoint import (atomic_save, check_finetune_source, load_checkpoint, load_handover, load_pretrained_vit,
+                        load_tps, model_from_checkpoint, training_state)
 from config import Config, make_config
 from dataset import Batch, SkipTally
 from distributed import DistEnv, barrier, cleanup, gather_objects, gather_rows, setup, sum_across_ranks
@@ -64,6 +65,9 @@ class RunOptions:
     deterministic: bool = False
     local_rank: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # Config fields set on the command line
+    handover_from: str | None = None  # a TPS stage's baseline checkpoint whose every tensor starts the SIGA model
+    start_iter: int = 0  # a new run's first iteration (a stage handover continues the stage's schedule)
+    stop_iter: int | None = None  # stop here instead of at Config.num_iter (a handover's stage)
 
     def run_dir(self, config: Config) -> Path:
         """``saved_dir/exp_name``; a resumed run without a name continues in its checkpoint's directory."""
@@ -184,6 +188,7 @@ class FitState:
     run_start: float = field(default_factory=time.perf_counter)
     run_images: int = 0
     first_step: int = 0  # the iteration this process started (or resumed) at
+    end: int = 0  # the iteration it stops at: Config.num_iter, or earlier for a handover's stage
 
 
 class Trainer:
@@ -210,6 +215,14 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
+
+    def skip_schedule(self, steps: int) -> None:
+        """Advance the learning-rate schedule by ``steps`` without training: a new run that starts at iteration
+        ``steps`` (a stage handover) continues the schedule where its stage stopped."""
+        with warnings.catch_warnings():  # the schedule is stepped before any optimiser step, on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(steps):
+                self.scheduler.step()
 
     def step(self, batch: Batch, iteration: int, recognition_weight: float = 1.0) -> LossResult:
         """One optimiser step on this rank's batch (gradients averaged over ranks by DDP)."""
@@ -266,15 +279,16 @@ class Trainer:
                 old.unlink()
 
     def fit(self, batches: Iterator[Batch], valid_loaders: dict[str, DataLoader], start: int, best_accuracy: float,
-            train_data: str, scan_skipped: SkipTally) -> FitState:
-        """Train from iteration ``start`` to ``config.num_iter``, validating on ``valid_loaders`` and
+            train_data: str, scan_skipped: SkipTally, stop: int | None = None) -> FitState:
+        """Train from iteration ``start`` to ``config.num_iter`` (or ``stop``), validating on ``valid_loaders`` and
         checkpointing on the config's cadence; a signal or a data failure (reported with ``train_data``)
         checkpoints and stops (a failure raises SystemExit). ``scan_skipped``: labels the data scan left out."""
         if self.run_dir is None:
             raise ValueError("Trainer.fit needs a run_dir for its logs and checkpoints")
         self.valid_loaders = valid_loaders
-        state = FitState(best_accuracy=best_accuracy, scan_skipped=scan_skipped, first_step=start)
-        progress = tqdm(range(start, self.config.num_iter), initial=start, total=self.config.num_iter,
+        end = self.config.num_iter if stop is None else min(stop, self.config.num_iter)
+        state = FitState(best_accuracy=best_accuracy, scan_skipped=scan_skipped, first_step=start, end=end)
+        progress = tqdm(range(start, end), initial=start, total=end,
                         dynamic_ncols=True, disable=None if self.env.is_main else True)
         with StopSignal() as stop:
             for iteration in progress:
@@ -315,10 +329,10 @@ class Trainer:
 
     def _after_step(self, step: int, loss: LossResult, state: FitState, progress: tqdm) -> None:
         """Logging every 10 steps, snapshots every ``save_interval``, validation every ``valid_interval``."""
-        validating = step % self.config.valid_interval == 0 or step == self.config.num_iter
+        validating = step % self.config.valid_interval == 0 or step == state.end
         if step % 10 == 0 or validating:
             self._log_losses(step, loss, state, progress)
-        if step == state.first_step + ETA_AFTER_STEPS and step < self.config.num_iter:
+        if step == state.first_step + ETA_AFTER_STEPS and step < state.end:
             self._log_eta(step, state)
         if step % self.config.save_interval == 0:
             self.save([f"iter_{step}.pth"], step, state.best_accuracy)
@@ -346,10 +360,10 @@ class Trainer:
         elapsed = time.perf_counter() - state.run_start
         images = sum_across_ranks([state.run_images], self.env)[0]
         seconds_per_step = elapsed / (step - state.first_step)
-        remaining = seconds_per_step * (self.config.num_iter - step)
+        remaining = seconds_per_step * (state.end - step)
         self.run_log.line(f"speed over the first {step - state.first_step} steps: {images / elapsed:.1f} img/s, "
                           f"{seconds_per_step:.2f} s/step; estimated {remaining / 60:.1f} min for the remaining "
-                          f"{self.config.num_iter - step} steps (validation not included)")
+                          f"{state.end - step} steps (validation not included)")
 
     def _scored_in(self) -> str:
         """" scored in bf16" (or fp16) when validation runs under autocast: its accuracy can differ slightly
@@ -421,6 +435,9 @@ def build_training_model(options: RunOptions, config: Config, tokenizer: Tokeniz
     model = build_model(config, tokenizer)
     if options.tps_from:
         load_tps(model, options.tps_from)
+    if options.handover_from and checkpoint is None:
+        log(env, f"stage handover: {load_handover(model, options.handover_from)} tensors from "
+                 f"{options.handover_from}, from iteration {options.start_iter} on")
     if options.pretrained_vit and checkpoint is None:
         log(env, f"{load_pretrained_vit(model, options.pretrained_vit)} ViT tensors from {options.pretrained_vit}")
     if checkpoint is not None:
@@ -454,6 +471,8 @@ def prepare_trainer(options: RunOptions, env: DistEnv) -> tuple[Trainer, dict | 
                       options.keep_last)
     if checkpoint is not None:
         trainer.load_state(checkpoint)
+    else:
+        trainer.skip_schedule(options.start_iter)
     restore_process_rng(checkpoint, config, env)
     if env.is_main:
         (trainer.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -493,13 +512,14 @@ def run(options: RunOptions, env: DistEnv) -> dict:
     """This process's part of a run; returns its summary (see ``train``)."""
     trainer, checkpoint = prepare_trainer(options, env)
     config = trainer.config
-    start = checkpoint["iteration"] if checkpoint else 0
+    start = checkpoint["iteration"] if checkpoint else options.start_iter
     batches, scan_skipped = make_training_batches(options, config, trainer, env, start)
     valid_loaders = make_eval_loaders(options.valid_data, config, trainer.tokenizer, env)
     data_name = (f"{options.curriculum_data} then {options.train_data}" if config.curriculum_iters
                  else options.train_data)
     state = trainer.fit(batches, valid_loaders, start,
-                        checkpoint.get("best_accuracy", -1.0) if checkpoint else -1.0, data_name, scan_skipped)
+                        checkpoint.get("best_accuracy", -1.0) if checkpoint else -1.0, data_name, scan_skipped,
+                        options.stop_iter)
     skipped = trainer.all_skipped(state)
     if skipped.total():
         trainer.run_log.line(f"corrupt samples skipped per LMDB:\n{skipped.report()}")
@@ -526,8 +546,13 @@ TPS_STAGE_SHARED_FIELDS = ("tps_channels", "tps_fc", "backbone_channels", "backb
 def tps_stage_options(options: RunOptions) -> RunOptions | None:
     """The options of the run that trains this run's TPS first (``Config.tps_stage_iters`` steps of the
     glyph-free baseline, in ``<run dir>/tps_stage``, continued there if interrupted), or None: no stage is
-    configured, or the TPS comes from elsewhere (``tps_from``, a fine-tuned or resumed checkpoint)."""
+    configured, or the TPS comes from elsewhere (``tps_from``, a fine-tuned or resumed checkpoint). A handover's
+    stage (``Config.stage_handover``) runs the first ``tps_stage_iters`` steps of the main run's own schedule and
+    curriculum; otherwise the stage has a schedule of its own over its steps."""
     config = make_config(options.preset, **options.overrides)
+    if config.stage_handover and (config.tps_stage_iters <= 0 or options.tps_from or options.finetune):
+        raise SystemExit("error: --stage_handover hands a TPS stage over to the main model: it needs --tps_stage "
+                         "N > 0, and no --tps_from or --finetune")
     if config.tps_stage_iters <= 0 or options.tps_from or options.finetune:
         return None
     run_dir = options.run_dir(config)
@@ -537,23 +562,31 @@ def tps_stage_options(options: RunOptions) -> RunOptions | None:
         raise SystemExit(f"error: --tps_stage trains the TPS of {sorted(TPS_STAGE_BASELINES)}; "
                          f"{config.model} has no such baseline")
     stage = {name: getattr(config, name) for name in TPS_STAGE_SHARED_FIELDS}
-    stage |= {"model": TPS_STAGE_BASELINES[config.model], "num_iter": config.tps_stage_iters, "tps_stage_iters": 0,
-             "freeze_tps": False, "freeze_tps_bn": False, "seg_resolution": "full",
-             "curriculum_iters": min(config.curriculum_iters, config.tps_stage_iters)}
+    stage |= {"model": TPS_STAGE_BASELINES[config.model], "tps_stage_iters": 0, "stage_handover": False,
+              "freeze_tps": False, "freeze_tps_bn": False, "seg_resolution": "full"}
+    if config.stage_handover:
+        if config.tps_stage_iters >= config.num_iter:
+            raise SystemExit(f"error: a stage handover needs the stage ({config.tps_stage_iters} iterations) to end "
+                             f"before the run ({config.num_iter})")
+        stage |= {"num_iter": config.num_iter, "curriculum_iters": config.curriculum_iters}
+    else:
+        stage |= {"num_iter": config.tps_stage_iters,
+                  "curriculum_iters": min(config.curriculum_iters, config.tps_stage_iters)}
     return dataclasses.replace(options, saved_dir=str(run_dir), exp_name=TPS_STAGE_DIR, resume="auto",
-                               overrides={**options.overrides, **stage})
+                               stop_iter=config.tps_stage_iters, overrides={**options.overrides, **stage})
 
 
 def run_tps_stage(options: RunOptions, env: DistEnv) -> tuple[RunOptions, dict | None]:
     """Train the TPS stage of ``options`` if it has one and it has not finished yet; returns the main run's
-    options (the stage's TPS, frozen) and the stage's summary when it was stopped by a signal (else None)."""
+    options (the stage's TPS, frozen; at a handover also every other tensor of the stage's baseline and the
+    iteration to continue from) and the stage's summary when it was stopped by a signal (else None)."""
     stage = tps_stage_options(options)
     if stage is None:
         return options, None
     config = make_config(stage.preset, **stage.overrides)
     last = Path(stage.saved_dir) / TPS_STAGE_DIR / "last.pth"
-    finished = last.is_file() and load_checkpoint(last)["iteration"] >= config.num_iter
-    log(env, f"TPS stage: {config.model} for {config.num_iter} iterations in {last.parent}"
+    finished = last.is_file() and load_checkpoint(last)["iteration"] >= stage.stop_iter
+    log(env, f"TPS stage: {config.model} for {stage.stop_iter} iterations in {last.parent}"
              + (" (finished, reused)" if finished else ""))
     if not finished:
         summary = run(stage, env)
@@ -561,6 +594,9 @@ def run_tps_stage(options: RunOptions, env: DistEnv) -> tuple[RunOptions, dict |
             log(env, "the TPS stage was stopped: the same command continues it, then trains the main model")
             return options, summary
     overrides = {**options.overrides, "freeze_tps": True}
+    if make_config(options.preset, **options.overrides).stage_handover:
+        return dataclasses.replace(options, handover_from=str(last), start_iter=stage.stop_iter,
+                                   overrides=overrides), None
     return dataclasses.replace(options, tps_from=str(last), overrides=overrides), None
 
 

@@ -23,7 +23,7 @@ from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 #: command-line flags that set Config fields of the same name
 CONFIG_FLAGS = ("model", "batch_size", "num_iter", "lr", "grad_clip", "max_label_length", "seed", "valid_interval",
                 "save_interval", "workers", "augment", "aug_mode", "charset", "sensitive", "freeze_tps_bn",
-                "freeze_tps", "curriculum_iters", "pct_start", "seg_resolution")
+                "freeze_tps", "curriculum_iters", "pct_start", "seg_resolution", "stage_handover")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +61,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="SIGA_R/SIGA_S: the paper's two-stage recipe in one command: train the glyph-free "
                             "baseline (TRBA/TSBA) for N iterations into <run dir>/tps_stage, then this model with "
                             "that TPS frozen (0: none)")
+    model.add_argument("--stage_handover", action=argparse.BooleanOptionalAction, default=None,
+                       help="with --tps_stage N: the stage trains the first N steps of this run's schedule, and the "
+                            "SIGA model continues it from step N with the stage's every tensor, not only its TPS "
+                            "(ours, for CPU budgets: docs/siga_r_demo.md)")
     model.add_argument("--seg_resolution", choices=SEG_RESOLUTIONS,
                        help="SIGA_R's segmentation branch: full (the paper) or half resolution (cheaper on a CPU; "
                             "README \"Differences from the official code\")")

@@ -141,6 +141,7 @@ def test_locate_peaks_composes_the_steps():
     attention[0, 1] = 1.0
     glyph = torch.zeros(1, 4, 3, 4)
     glyph[0, 1:3, 1, 2] = 1.0
+    glyph[0, 0, 1, 2] = 3.0  # the background channel wins that cell
     logits = torch.zeros(1, 2, 5)
     logits[0, 0, 3] = logits[0, 1, 0] = 1.0  # a character, then EOS (id 0)
     grid = affine_grid(9, 17, -1.0, 0.0, 0.5, 0.25)
@@ -150,6 +151,9 @@ def test_locate_peaks_composes_the_steps():
     assert torch.allclose(peaks.rectified["1d"][0, 0], torch.tensor([5.875, 4.0]))
     assert torch.allclose(peaks.original["1d"][0, 0], torch.tensor([20.75, 5.0]), atol=1e-4)
     assert torch.allclose(peaks.original["glyph"][0, 0], torch.tensor([12.25, 5.0]), atol=1e-4)
+    # the class probability: at cell (1, 2) the background channel's 3.0 leaves channel 1 e/(e³ + 2e + 1) ≈ 0.10,
+    # below the ¼ of every other cell, the first of which, (0, 0), is its peak
+    assert torch.allclose(peaks.rectified["glyph_class"][0, 0], torch.tensor([1.625, 1.0]))
     assert set(locate_peaks(Trace(logits, attention, grid), torch.tensor([[34, 9]]), 0).original) == {"1d"}
 
 
@@ -194,8 +198,9 @@ def test_tally_counts_all_characters_and_correct_words():
     assert row["accuracy"] == pytest.approx(100 / 3) and row["percent_correct_words"]["1d"] == 100.0
     # even spacing: 'ab' at x 1.5, 5.5 (both in), 'cde' at x ⅚, 3.5, 6⅙ (d's columns 2–3 end at 3.5: out),
     # 'xyz' (unreadable, 1-pixel boxes at the origin) none
-    assert tally.baseline_hits == {"1d": 4, "glyph_x": 4, "glyph": 4} and tally.baseline_percent("glyph") == 50.0
-    assert row["baseline_percent"] == {"1d": 50.0, "glyph_x": 50.0, "glyph": 50.0}
+    assert tally.baseline_hits == {"1d": 4, "glyph_x": 4, "glyph": 4, "glyph_class": 4}
+    assert tally.baseline_percent("glyph") == 50.0
+    assert row["baseline_percent"] == {"1d": 50.0, "glyph_x": 50.0, "glyph": 50.0}  # the maps it was given
 
 
 def test_tally_scores_glyph_x_apart_from_the_glyph_row():
@@ -325,6 +330,11 @@ def reference_points(trace, sample: int, step: int) -> dict[str, tuple[float, fl
         row, column = np.unravel_index(int(channel.argmax()), channel.shape)
         rectified["glyph"] = ((column + 0.5) * width / channel.shape[1] - 0.5,
                               (row + 0.5) * height / channel.shape[0] - 0.5)
+        logits = trace.glyph_logits_low[sample].numpy().astype(np.float64)
+        probability = np.exp(logits[step + 1]) / np.exp(logits).sum(0)
+        row, column = np.unravel_index(int(probability.argmax()), probability.shape)
+        rectified["glyph_class"] = ((column + 0.5) * width / channel.shape[1] - 0.5,
+                                    (row + 0.5) * height / channel.shape[0] - 0.5)
     points = {}
     for name, (x, y) in rectified.items():
         gx, gy = bilinear(grid, x, y)
@@ -375,9 +385,9 @@ def boxed(request, tmp_path_factory):
     steps = decoded_steps(trace.logits, tokenizer.eos_id).tolist()
     labels, entries = [], {}
     expected = SimpleNamespace(words=len(WORDS), correct_words=0, chars=0, correct_chars=0,
-                               hits={"1d": 0, "glyph_x": 0, "glyph": 0},
-                               correct_hits={"1d": 0, "glyph_x": 0, "glyph": 0},
-                               baseline={"1d": 0, "glyph_x": 0, "glyph": 0})
+                               hits={"1d": 0, "glyph_x": 0, "glyph": 0, "glyph_class": 0},
+                               correct_hits={"1d": 0, "glyph_x": 0, "glyph": 0, "glyph_class": 0},
+                               baseline={"1d": 0, "glyph_x": 0, "glyph": 0, "glyph_class": 0})
     for sample, reading in enumerate(readings):
         index = sample + 1 if sample + 1 < CORRUPT else sample + 2
         correct = sample % 2 == 0
@@ -391,18 +401,19 @@ def boxed(request, tmp_path_factory):
         expected.chars += len(chars)
         expected.correct_words += correct
         expected.correct_chars += len(chars) * correct
-        for name in (("1d", "glyph_x", "glyph") if request.param == "SIGA_R" else ("1d",)):
+        for name in (("1d", "glyph_x", "glyph", "glyph_class") if request.param == "SIGA_R" else ("1d",)):
             source = "glyph" if name == "glyph_x" else name
-            hits = sum(inside(point[source], box, name == "glyph") for point, box in zip(points, boxes))
+            two_d = name in ("glyph", "glyph_class")
+            hits = sum(inside(point[source], box, two_d) for point, box in zip(points, boxes))
             expected.hits[name] += hits
             expected.correct_hits[name] += hits * correct
-            expected.baseline[name] += spacing_hits(boxes, *ORIGINAL_SIZE, name == "glyph")
+            expected.baseline[name] += spacing_hits(boxes, *ORIGINAL_SIZE, two_d)
     labels.insert(CORRUPT - 1, "abc")
     entries[str(CORRUPT)] = {"chars": "abc", "width": 5, "height": 5, "boxes": [[0, 0, 1, 1]] * 3}
     expected.words += 1
     expected.chars += 3
     for name in expected.baseline:
-        expected.baseline[name] += spacing_hits([[0, 0, 1, 1]] * 3, 5, 5, name == "glyph")  # 1-D: x ⅓ is in
+        expected.baseline[name] += spacing_hits([[0, 0, 1, 1]] * 3, 5, 5, name in ("glyph", "glyph_class"))
     words = WORDS[: CORRUPT - 1] + ["abc"] + WORDS[CORRUPT - 1 :]
     make_word_lmdb(root / "eval", words, size=ORIGINAL_SIZE, corrupt_indices=[CORRUPT], labels=labels)
     (root / "boxes.json").write_text(json.dumps(entries))
@@ -419,7 +430,7 @@ def test_test_py_reports_the_character_attention(boxed, tmp_path):
     expected = boxed.expected
     assert (row["words"], row["unreadable"], row["correct_words"], row["chars"], row["correct_chars"]) == \
         (expected.words, 1, expected.correct_words, expected.chars, expected.correct_chars)
-    names = ["1d", "glyph_x", "glyph"] if boxed.model == "SIGA_R" else ["1d"]
+    names = ["1d", "glyph_x", "glyph", "glyph_class"] if boxed.model == "SIGA_R" else ["1d"]
     assert row["hits"] == {name: expected.hits[name] for name in names}
     assert row["correct_hits"] == {name: expected.correct_hits[name] for name in names}
     assert row["baseline_hits"] == {name: expected.baseline[name] for name in names}

@@ -89,3 +89,47 @@ def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path):
     for script, extra in (("demo.py", ["--images", str(tmp_path)]), ("test.py", ["--eval_data", str(lmdb_path)])):
         code, _, err = run_entry_point(script, "--checkpoint", tmp_path / "broken.pth", *extra)
         assert code == 2 and "broken.pth:" in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("pair", [("TRBA", "SIGA_R"), ("TSBA", "SIGA_S")])
+def test_a_stage_handover_copies_every_baseline_tensor_into_both_branches(tmp_path, pair):
+    """The baseline's BiLSTMs and attention decoder start the SIGA model's recognition and alignment branches; its
+    TPS and backbone keep their names; the glyph network keeps its initialisation."""
+    from checkpoint import load_handover, training_state
+    from model import build_model
+
+    baseline_name, siga_name = pair
+    baseline_config, siga_config = make_config("tiny", model=baseline_name), make_config("tiny", model=siga_name)
+    baseline = build_model(baseline_config)
+    with torch.no_grad():
+        for index, tensor in enumerate(baseline.state_dict().values()):
+            tensor.copy_(torch.full_like(tensor, index + 1))  # every tensor recognisable, none equal to an init
+    path = tmp_path / "stage.pth"
+    torch.save(training_state(baseline, baseline_config, Tokenizer.from_config(baseline_config)), path)
+    siga = build_model(siga_config)
+    glyph_before = {k: v.clone() for k, v in siga.state_dict().items() if k.startswith("glyph.")}
+    source = baseline.state_dict()
+    written = load_handover(siga, path)
+    target = siga.state_dict()
+    copied = sum(2 if k.startswith(("sequence.", "decoder.")) else 1 for k in source)
+    assert written == copied
+    for key, value in source.items():
+        if key.startswith("sequence."):
+            names = ["siga." + key, "siga.alignment_" + key]
+        elif key.startswith("decoder."):
+            names = ["siga.trba_" + key, "siga.alignment_" + key]
+        else:
+            names = [key]
+        assert all(torch.equal(target[name], value) for name in names), key
+    assert all(torch.equal(target[k], v) for k, v in glyph_before.items())
+
+
+def test_a_stage_handover_rejects_a_checkpoint_that_is_not_the_baseline(tmp_path):
+    from checkpoint import load_handover, training_state
+    from model import build_model
+
+    wide = make_config("tiny", model="TRBA", hidden_size=48)
+    path = tmp_path / "wide.pth"
+    torch.save(training_state(build_model(wide), wide, Tokenizer.from_config(wide)), path)
+    with pytest.raises(ValueError, match=r"wide\.pth: not the baseline of this model: .*shape"):
+        load_handover(build_model(make_config("tiny", model="SIGA_R")), path)

@@ -58,3 +58,26 @@ def test_the_tps_stage_trains_the_baseline_at_the_main_runs_widths():
     assert config.model == "TRBA" and config.num_iter == main.tps_stage_iters and config.seed == 5
     assert (config.backbone_channels, config.hidden_size) == (main.backbone_channels, main.hidden_size)
     assert config.curriculum_iters == main.tps_stage_iters  # the whole stage reads the plain curriculum
+
+
+def test_a_handover_stage_runs_the_first_steps_of_the_main_runs_own_schedule():
+    """With --stage_handover the stage keeps the main run's schedule and curriculum and stops at its N steps."""
+    options = RunOptions("train", "val", preset="demo",
+                         overrides={"model": "SIGA_R", "tps_stage_iters": 2400, "stage_handover": True})
+    stage = tps_stage_options(options)
+    main = make_config("demo", **options.overrides)
+    config = make_config(stage.preset, **stage.overrides)
+    assert config.model == "TRBA" and not config.stage_handover and config.tps_stage_iters == 0
+    assert (config.num_iter, config.pct_start, config.curriculum_iters) == (main.num_iter, main.pct_start,
+                                                                            main.curriculum_iters)
+    assert stage.stop_iter == 2400
+    plain = tps_stage_options(RunOptions("train", "val", preset="demo", overrides={"model": "SIGA_R"}))
+    assert plain.stop_iter == make_config(plain.preset, **plain.overrides).num_iter  # its own, shorter schedule
+
+
+@pytest.mark.parametrize("overrides", [{"tps_stage_iters": 3500}, {"tps_stage_iters": 0}])
+def test_a_handover_needs_a_stage_that_ends_before_the_run(overrides):
+    options = RunOptions("train", "val", preset="demo",
+                         overrides={"model": "SIGA_R", "stage_handover": True, **overrides})
+    with pytest.raises(SystemExit, match="handover"):
+        tps_stage_options(options)

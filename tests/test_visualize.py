@@ -192,8 +192,8 @@ def test_analyse_char_boxes_draws_the_scored_peaks(files, boxed_lmdb, single_thr
     with torch.no_grad():
         trace = model.trace(preprocess([image], config))
     peaks = locate_peaks(trace, torch.tensor([[150, 40]]), tokenizer.eos_id)
-    assert set(view.peaks) == set(view.hits) == {"1d", "glyph"} and view.steps == int(peaks.steps[0])
-    for name in ("1d", "glyph"):
+    assert set(view.peaks) == set(view.hits) == {"1d", "glyph", "glyph_class"} and view.steps == int(peaks.steps[0])
+    for name in ("1d", "glyph", "glyph_class"):
         assert torch.allclose(torch.from_numpy(view.peaks[name]), peaks.original[name][0], atol=1e-5)
         assert torch.allclose(torch.from_numpy(view.rectified_peaks[name]), peaks.rectified[name][0], atol=1e-5)
         assert view.hits[name].shape == (2,)

@@ -27,8 +27,8 @@ Usage::
 With ``--lmdb`` and ``--char_boxes`` instead (any model), one PNG per ``--indices`` sample shows what the
 character-attention metric (``char_attention``) compares: on the original image, the ground-truth box of
 each character and, in the same colour, the peak of the decoding step it is compared with (1-D attention:
-a dashed line at its x and a cross; glyph map of a SIGA model: a dot), and below the same peaks on the
-rectified image::
+a dashed line at its x and a cross; glyph map of a SIGA model: a dot, its class probability: a square), and
+below the same peaks on the rectified image::
 
     python -m tools.visualize --checkpoint saved_models/trba/best_accuracy.pth \
         --lmdb ../shared/data/IIIT5k_train_2000 --char_boxes ../shared/data/IIIT5k_train_2000_charbounds.json \
@@ -291,7 +291,7 @@ def analyse_char_boxes(model: torch.nn.Module, tokenizer: Tokenizer, config: Con
 
 def _draw_peaks(ax: Axes, peaks: dict[str, np.ndarray], steps: int, height: int, colormap: ListedColormap) -> None:
     """Each decoded step's peaks in its character's colour: 1-D as a dashed vertical line and a cross, glyph as
-    a dot (marker edges black, to stand out on any background)."""
+    a dot, glyph class probability as a square (marker edges black, to stand out on any background)."""
     for step in range(steps):
         color = colormap(step + 1)
         if "1d" in peaks:
@@ -301,6 +301,9 @@ def _draw_peaks(ax: Axes, peaks: dict[str, np.ndarray], steps: int, height: int,
         if "glyph" in peaks:
             x, y = peaks["glyph"][step]
             ax.plot(x, y, marker="o", markersize=8, color=color, markeredgecolor="black")
+        if "glyph_class" in peaks:
+            x, y = peaks["glyph_class"][step]
+            ax.plot(x, y, marker="s", markersize=6, color=color, markeredgecolor="black")
 
 
 def render_char_boxes(view: CharBoxView, title: str, path: Path) -> None:
@@ -319,7 +322,7 @@ def render_char_boxes(view: CharBoxView, title: str, path: Path) -> None:
     top.set_xlim(-0.5, view.original_rgb.shape[1] - 0.5)
     top.set_ylim(view.original_rgb.shape[0] - 0.5, -0.5)
     top.set_title("original image: ground-truth box of character i and the peaks of decoding step i "
-                  "(dashed + cross: 1-D attention; dot: glyph map)", fontsize=9)
+                  "(dashed + cross: 1-D attention; dot: glyph map; square: glyph class probability)", fontsize=9)
     bottom.imshow(view.rectified_rgb)
     _draw_peaks(bottom, view.rectified_peaks, view.steps, view.rectified_rgb.shape[0], colormap)
     bottom.set_xlim(-0.5, view.rectified_rgb.shape[1] - 0.5)
