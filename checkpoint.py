@@ -397,16 +397,18 @@ def load_tps(model: nn.Module, checkpoint_path: str | Path) -> None:
 
 
 #: where a glyph-free baseline's tensors go in its SIGA model at a stage handover (SIGA_R from TRBA, SIGA_S from
-#: TSBA): the contextual BiLSTMs and attention decoder start both the recognition branch and the alignment branch
-#: whose 1-D attention makes the glyph pseudo-labels; every other baseline tensor keeps its name
+#: TSBA): the contextual BiLSTMs start the recognition branch and the alignment branch (whose 1-D attention makes
+#: the glyph pseudo-labels); the attention decoder starts every attention decoder over them, the two fusion
+#: decoders included (their fusion gates keep their initialisation); every other tensor keeps its name
 HANDOVER_TARGETS = {"sequence.": ("siga.sequence.", "siga.alignment_sequence."),
-                    "decoder.": ("siga.trba_decoder.", "siga.alignment_decoder.")}
+                    "decoder.": ("siga.trba_decoder.", "siga.alignment_decoder.", "siga.fusion_decoder_low.",
+                                 "siga.fusion_decoder_mid.")}
 
 
 def load_handover(model: nn.Module, checkpoint_path: str | Path) -> int:
     """Copy every tensor of a glyph-free baseline's checkpoint (TPS, backbone, BiLSTMs, attention decoder) into
-    the SIGA ``model`` through ``HANDOVER_TARGETS``; the glyph network and the other decoders keep their
-    initialisation. Every baseline tensor must find its targets with the same shape. Returns the number of
+    the SIGA ``model`` through ``HANDOVER_TARGETS``; the glyph network, the position decoders, the fusion gates
+    and the final decoder keep their initialisation. Every baseline tensor must find its targets with the same shape. Returns the number of
     model tensors written."""
     source = load_checkpoint(checkpoint_path)["model"]
     target = model.state_dict()

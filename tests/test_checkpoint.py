@@ -93,8 +93,9 @@ def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("pair", [("TRBA", "SIGA_R"), ("TSBA", "SIGA_S")])
 def test_a_stage_handover_copies_every_baseline_tensor_into_both_branches(tmp_path, pair):
-    """The baseline's BiLSTMs and attention decoder start the SIGA model's recognition and alignment branches; its
-    TPS and backbone keep their names; the glyph network keeps its initialisation."""
+    """The baseline's BiLSTMs start the SIGA model's recognition and alignment branches, its attention decoder
+    every attention decoder (fusion ones included); its TPS and backbone keep their names; the glyph network
+    keeps its initialisation."""
     from checkpoint import load_handover, training_state
     from model import build_model
 
@@ -107,17 +108,19 @@ def test_a_stage_handover_copies_every_baseline_tensor_into_both_branches(tmp_pa
     path = tmp_path / "stage.pth"
     torch.save(training_state(baseline, baseline_config, Tokenizer.from_config(baseline_config)), path)
     siga = build_model(siga_config)
-    glyph_before = {k: v.clone() for k, v in siga.state_dict().items() if k.startswith("glyph.")}
+    glyph_before = {k: v.clone() for k, v in siga.state_dict().items() if k.startswith(("glyph.", "siga.final"))
+                    or ".fusion.gate." in k}
     source = baseline.state_dict()
     written = load_handover(siga, path)
     target = siga.state_dict()
-    copied = sum(2 if k.startswith(("sequence.", "decoder.")) else 1 for k in source)
+    copied = sum(2 if k.startswith("sequence.") else 4 if k.startswith("decoder.") else 1 for k in source)
     assert written == copied
     for key, value in source.items():
         if key.startswith("sequence."):
             names = ["siga." + key, "siga.alignment_" + key]
         elif key.startswith("decoder."):
-            names = ["siga.trba_" + key, "siga.alignment_" + key]
+            names = ["siga.trba_" + key, "siga.alignment_" + key,
+                     *(f"siga.fusion_{key.replace('decoder.', f'decoder_{scale}.')}" for scale in ("low", "mid"))]
         else:
             names = [key]
         assert all(torch.equal(target[name], value) for name in names), key
