@@ -46,14 +46,16 @@ def test_siga_r_cpu_presets_train_two_stages_at_half_segmentation_resolution():
     demo, cpu, paper = (make_config(preset, model="SIGA_R") for preset in ("demo", "cpu", "paper"))
     assert demo.tps_stage_iters > 0 and cpu.tps_stage_iters > 0 and paper.tps_stage_iters == 0
     assert demo.seg_resolution == cpu.seg_resolution == "half" and paper.seg_resolution == "full"
+    assert demo.stage_handover and demo.tps_stage_iters == demo.curriculum_iters  # SIGA_R takes the varied crops
+    assert not cpu.stage_handover and not paper.stage_handover
     assert demo.backbone_channels == make_config("demo").backbone_channels
     assert make_config("demo", model="TRBA") == make_config("demo")  # TRBA's demo is unchanged
 
 
 def test_the_tps_stage_trains_the_baseline_at_the_main_runs_widths():
-    options = RunOptions("train", "val", preset="demo", overrides={"model": "SIGA_R", "seed": 5})
+    options = RunOptions("train", "val", preset="cpu", overrides={"model": "SIGA_R", "seed": 5})
     stage = tps_stage_options(options)
-    main = make_config("demo", model="SIGA_R")
+    main = make_config("cpu", model="SIGA_R")
     config = make_config(stage.preset, **stage.overrides)
     assert config.model == "TRBA" and config.num_iter == main.tps_stage_iters and config.seed == 5
     assert (config.backbone_channels, config.hidden_size) == (main.backbone_channels, main.hidden_size)
@@ -71,7 +73,7 @@ def test_a_handover_stage_runs_the_first_steps_of_the_main_runs_own_schedule():
     assert (config.num_iter, config.pct_start, config.curriculum_iters) == (main.num_iter, main.pct_start,
                                                                             main.curriculum_iters)
     assert stage.stop_iter == 2400
-    plain = tps_stage_options(RunOptions("train", "val", preset="demo", overrides={"model": "SIGA_R"}))
+    plain = tps_stage_options(RunOptions("train", "val", preset="cpu", overrides={"model": "SIGA_R"}))
     assert plain.stop_iter == make_config(plain.preset, **plain.overrides).num_iter  # its own, shorter schedule
 
 
