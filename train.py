@@ -3,7 +3,8 @@
 With no data arguments it builds the built-in synthetic sets (if absent): plain crops under ``data/synth_plain``
 and the engine's full variety under ``data/synth_varied``, and trains the ``demo`` preset, sized for a 2-core CPU,
 on the plain crops first (a curriculum, on which the attention decoder aligns), then on the varied ones; with
-``--model SIGA_R`` a short TRBA stage first trains the TPS that SIGA_R then reads frozen (the paper's two stages).
+``--model SIGA_R`` TRBA trains the plain-crop steps and hands all of its tensors (its TPS frozen) to SIGA_R for
+the varied ones (``--tps_stage`` with ``--stage_handover``).
 ``--preset cpu`` does the same longer, on ``data/synth_cpu_plain`` and ``data/synth_cpu``.
 """
 from __future__ import annotations
