@@ -408,8 +408,8 @@ HANDOVER_TARGETS = {"sequence.": ("siga.sequence.", "siga.alignment_sequence."),
 def load_handover(model: nn.Module, checkpoint_path: str | Path) -> int:
     """Copy every tensor of a glyph-free baseline's checkpoint (TPS, backbone, BiLSTMs, attention decoder) into
     the SIGA ``model`` through ``HANDOVER_TARGETS``; the glyph network, the position decoders, the fusion gates
-    and the final decoder keep their initialisation. Every baseline tensor must find its targets with the same shape. Returns the number of
-    model tensors written."""
+    and the final decoder keep their initialisation. Every baseline tensor must find its targets with the same
+    shape. Returns the number of model tensors written."""
     source = load_checkpoint(checkpoint_path)["model"]
     target = model.state_dict()
     updates, problems = {}, []

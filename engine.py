@@ -524,7 +524,7 @@ def run(options: RunOptions, env: DistEnv) -> dict:
     if skipped.total():
         trainer.run_log.line(f"corrupt samples skipped per LMDB:\n{skipped.report()}")
     trainer.run_log.close()
-    summary = {"iterations": config.num_iter, "best_accuracy": state.best_accuracy,
+    summary = {"iterations": state.end, "best_accuracy": state.best_accuracy,
                "last_accuracy": state.last_accuracy, "skipped_samples": skipped.total(),
                "skipped_per_lmdb": skipped.per_lmdb(), "best_checkpoint": str(trainer.run_dir / "best_accuracy.pth"),
                "last_checkpoint": str(trainer.run_dir / "last.pth"), "stopped_by_signal": state.stopped_by}
@@ -550,10 +550,10 @@ def tps_stage_options(options: RunOptions) -> RunOptions | None:
     stage (``Config.stage_handover``) runs the first ``tps_stage_iters`` steps of the main run's own schedule and
     curriculum; otherwise the stage has a schedule of its own over its steps."""
     config = make_config(options.preset, **options.overrides)
-    if config.stage_handover and (config.tps_stage_iters <= 0 or options.tps_from or options.finetune):
-        raise SystemExit("error: --stage_handover hands a TPS stage over to the main model: it needs --tps_stage "
-                         "N > 0, and no --tps_from or --finetune")
     if config.tps_stage_iters <= 0 or options.tps_from or options.finetune:
+        if config.stage_handover:
+            raise SystemExit("error: --stage_handover hands a TPS stage over to the main model: it needs "
+                             "--tps_stage N > 0, and no --tps_from or --finetune")
         return None
     run_dir = options.run_dir(config)
     if options.resume and (options.resume != "auto" or (run_dir / "last.pth").is_file()):
