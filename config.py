@@ -15,6 +15,9 @@ from modules.losses import SigaLossSettings
 
 #: where SIGA_R predicts the text segmentation: at the input size (the paper) or at half of it
 SEG_RESOLUTIONS = ("full", "half")
+#: what the glyph attention network sees along the word before it assigns pixels to character slots: only its
+#: convolutions' receptive field (the paper) or also a BiLSTM across the columns (ours)
+GLYPH_CONTEXTS = ("none", "columns")
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Config:
     drop_path_rate: float = 0.1
     dropout: float = 0.3  # on the glyph sequences and the final projection (SPEC §3.10)
     seg_resolution: str = "full"  # SIGA_R's segmentation branch: "full" (paper) or "half" (ours, cheaper on CPUs)
+    glyph_context: str = "none"  # "columns" (ours): a BiLSTM across the glyph network's mid-stage columns
     siga: SigaLossSettings = field(default_factory=SigaLossSettings)  # the SIGA loss constants (SPEC §4)
     freeze_tps: bool = False  # TPS excluded from training (set by --tps_from, the paper's two-stage recipe)
     freeze_tps_bn: bool = False  # keep the (frozen) TPS's BatchNorm statistics fixed in training (SPEC §7 #7)

@@ -563,7 +563,8 @@ def tps_stage_options(options: RunOptions) -> RunOptions | None:
                          f"{config.model} has no such baseline")
     stage = {name: getattr(config, name) for name in TPS_STAGE_SHARED_FIELDS}
     stage |= {"model": TPS_STAGE_BASELINES[config.model], "tps_stage_iters": 0, "stage_handover": False,
-              "freeze_tps": False, "freeze_tps_bn": False, "seg_resolution": "full"}
+              "freeze_tps": False, "freeze_tps_bn": False, "seg_resolution": "full",
+              "glyph_context": "none"}
     if config.stage_handover:
         if config.tps_stage_iters >= config.num_iter:
             raise SystemExit(f"error: a stage handover needs the stage ({config.tps_stage_iters} iterations) to end "

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from config import SEG_RESOLUTIONS, Config
+from config import GLYPH_CONTEXTS, SEG_RESOLUTIONS, Config
 from modules.decoders import AttentionDecoder
 from modules.glyph_attention import GlyphAttentionNetwork, SvtrGlyphAttentionNetwork, ViTGlyphAttentionNetwork
 from modules.outputs import GlyphTrace, Prediction, RecognitionOutput, SigaOutput, Trace
@@ -149,7 +149,8 @@ def build_trba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
 
 def build_siga_r(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecognizer:
     """TRBA's TPS and ResNet-45 with the glyph attention network on F0/F1/F2 and the SIGA heads (SPEC §3)."""
-    network = functools.partial(GlyphAttentionNetwork, half_resolution_segmentation=config.seg_resolution == "half")
+    network = functools.partial(GlyphAttentionNetwork, half_resolution_segmentation=config.seg_resolution == "half",
+                                column_context=config.glyph_context == "columns")
     return glyph_recognizer(config, tokenizer, resnet45(config), network, 2 * config.hidden_size)
 
 
@@ -161,7 +162,8 @@ def build_tsba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
 def build_siga_s(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecognizer:
     """TPS + SVTR-Large with SIGA_S's glyph attention network (the extra unpooling stage) and the SIGA heads,
     whose final width is SVTR's output width (SPEC_SIGA_S §3)."""
-    return glyph_recognizer(config, tokenizer, svtr(config), SvtrGlyphAttentionNetwork, config.svtr_out_channels)
+    network = functools.partial(SvtrGlyphAttentionNetwork, column_context=config.glyph_context == "columns")
+    return glyph_recognizer(config, tokenizer, svtr(config), network, config.svtr_out_channels)
 
 
 def build_vitba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
@@ -173,8 +175,9 @@ def build_vitba(config: Config, tokenizer: Tokenizer) -> AttentionRecognizer:
 def build_siga_t(config: Config, tokenizer: Tokenizer) -> GlyphAttentionRecognizer:
     """ViT with its taps and tail, SIGA_T's glyph attention head and the SIGA heads with the mid-scale glyph
     sequence in the first slot (SPEC_SIGA_T §3); no rectifier."""
-    return glyph_recognizer(config, tokenizer, vit(config), ViTGlyphAttentionNetwork, 2 * config.hidden_size,
-                            NoRectifier(), mid_first=True)
+    network = functools.partial(ViTGlyphAttentionNetwork, column_context=config.glyph_context == "columns")
+    return glyph_recognizer(config, tokenizer, vit(config), network, 2 * config.hidden_size, NoRectifier(),
+                            mid_first=True)
 
 
 #: model name → builder; a model is fully described by (config, tokenizer)
@@ -222,6 +225,11 @@ def build_model(config: Config, tokenizer: Tokenizer | None = None) -> nn.Module
         raise ValueError(f"seg_resolution must be one of {SEG_RESOLUTIONS}, got {config.seg_resolution!r}")
     if config.seg_resolution != "full" and config.model != "SIGA_R":
         raise ValueError(f"seg_resolution {config.seg_resolution!r} is built for SIGA_R only, not {config.model}")
+    if config.glyph_context not in GLYPH_CONTEXTS:
+        raise ValueError(f"glyph_context must be one of {GLYPH_CONTEXTS}, got {config.glyph_context!r}")
+    if config.glyph_context != "none" and not config.model.startswith("SIGA"):
+        raise ValueError(f"glyph_context {config.glyph_context!r} needs a glyph attention network, "
+                         f"which {config.model} has not")
     tokenizer = tokenizer or Tokenizer.from_config(config)
     model = MODELS[config.model](config, tokenizer)
     OWN_INITIALISATION.get(config.model, init_weights)(model)

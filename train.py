@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from config import SEG_RESOLUTIONS, make_config
+from config import GLYPH_CONTEXTS, SEG_RESOLUTIONS, make_config
 from dataset import SYNTH_PREFIX, synth_size
 from engine import RunOptions, train
 from model import MODELS
@@ -24,7 +24,8 @@ from utils import AMP_DTYPES, MEMORY_FORMATS, retain_freed_cpu_memory
 #: command-line flags that set Config fields of the same name
 CONFIG_FLAGS = ("model", "batch_size", "num_iter", "lr", "grad_clip", "max_label_length", "seed", "valid_interval",
                 "save_interval", "workers", "augment", "aug_mode", "charset", "sensitive", "freeze_tps_bn",
-                "freeze_tps", "curriculum_iters", "pct_start", "seg_resolution", "stage_handover")
+                "freeze_tps", "curriculum_iters", "pct_start", "seg_resolution", "stage_handover",
+                "glyph_context")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +70,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--seg_resolution", choices=SEG_RESOLUTIONS,
                        help="SIGA_R's segmentation branch: full (the paper) or half resolution (cheaper on a CPU; "
                             "README \"Differences from the official code\")")
+    model.add_argument("--glyph_context", choices=GLYPH_CONTEXTS,
+                       help="SIGA models: none (the paper) or columns: a BiLSTM across the glyph network's columns "
+                            "tells each pixel how far along the word it is (ours: docs/siga_r_demo.md)")
     model.add_argument("--freeze_tps_bn", action="store_true", default=None,
                        help="with --tps_from or --tps_stage: also keep the TPS BatchNorm statistics fixed "
                             "(official: they update)")

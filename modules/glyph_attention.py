@@ -29,6 +29,24 @@ def glyph_pooling(glyph_logits: torch.Tensor, features: torch.Tensor) -> torch.T
     return torch.bmm(weights, features.flatten(2).transpose(1, 2))
 
 
+class ColumnContext(nn.Module):
+    """Ours (``--glyph_context columns``; the paper has none): a BiLSTM across the columns of a map [B, C, h, w],
+    averaged over its height, whose output is added to every row.
+
+    A glyph map's channel k must mark the k-th character, which a pixel can only tell by how many characters lie
+    to its left: the paper leaves that count to the backbone's receptive field, which learns it slowly; a
+    recurrence along the word carries it directly.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.sequence = BiLSTM(channels, channels // 2, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        columns = self.sequence(x.mean(2).transpose(1, 2))  # [B, w, C]
+        return x + columns.transpose(1, 2).unsqueeze(2)
+
+
 class GlyphOutput(NamedTuple):
     """``logits_low`` [B, K, H/2, W/2], ``logits_mid`` [B, K, H/4, W/4], glyph sequences
     ``sequence_low``/``sequence_mid`` [B, K−1, D]; ``seg_logits`` [B, 2, H, W] only when requested."""
@@ -52,10 +70,18 @@ class GlyphEncoders(nn.Module):
         self.sequence_low = BiLSTM(feature_size, feature_size, feature_size)
         self.sequence_mid = BiLSTM(feature_size, feature_size, feature_size)
 
+    def add_column_context(self, channels: int, enabled: bool) -> None:
+        """Register a ``ColumnContext`` over the mid stage's ``channels`` when ``enabled`` (after every official
+        layer, so an official checkpoint's parameter order is unchanged)."""
+        if enabled:
+            self.column_context = ColumnContext(channels)
+
     def glyph_logits(self, f1: torch.Tensor, f2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The U-Net decoder's mid and low stages (SPEC §3.5 steps 1–2), which every variant names alike:
         (low-stage hidden map, glyph logits low [B,K,h1,w1], glyph logits mid [B,K,h2,w2])."""
         hidden_mid = self.mid_block(self.reduce_mid(f2))
+        if self.column_context is not None:
+            hidden_mid = self.column_context(hidden_mid)
         hidden_low = self.low_block(self.low_merge(torch.cat([self.up_low(hidden_mid), f1], 1)))
         return hidden_low, self.low_head(hidden_low), self.mid_head(hidden_mid)
 
@@ -73,11 +99,12 @@ class GlyphAttentionNetwork(GlyphEncoders):
     ``feature_channels`` = channels of (F0, F1, F2); ``channels`` = the decoder width (128 in the paper);
     ``feature_size`` = D, the glyph feature and BiLSTM width (256 in the paper). ``half_resolution_segmentation``
     (ours, for small CPU runs; the paper: off) predicts the segmentation at 1/2 resolution from the low stage
-    (no ×2 unpooling, no F0 merge), which the losses compare with the area-downsampled mask.
+    (no ×2 unpooling, no F0 merge), which the losses compare with the area-downsampled mask. ``column_context``
+    (ours; the paper: off) adds a ``ColumnContext`` to the mid stage.
     """
 
     def __init__(self, feature_channels: tuple[int, int, int], num_slots: int, channels: int = 128,
-                 feature_size: int = 256, half_resolution_segmentation: bool = False):
+                 feature_size: int = 256, half_resolution_segmentation: bool = False, column_context: bool = False):
         super().__init__()
         c0, c1, c2 = feature_channels
         self.reduce_mid = conv_bn_relu(c2, c2, 1)
@@ -91,6 +118,7 @@ class GlyphAttentionNetwork(GlyphEncoders):
         self.seg_merge = conv_bn_relu(channels if half_resolution_segmentation else channels + c0, channels, 1)
         self.seg_head = nn.Conv2d(channels, 2, 1)
         self.add_glyph_encoders(c1, c2, feature_size)
+        self.add_column_context(channels, column_context)
 
     def forward(self, levels: tuple[torch.Tensor, ...], segmentation: bool = True) -> GlyphOutput:
         """``levels`` = (F0, F1, F2) of the backbone; ``segmentation=False`` skips the segmentation branch,
@@ -109,11 +137,12 @@ class SvtrGlyphAttentionNetwork(GlyphEncoders):
     and F2 [B,c2,H/8,W/4]: glyph logits at F2's ("mid") and F1's ("low") grids, and segmentation logits at
     the input size through one more ×2 unpooling stage than SIGA_R's, since F0 is already at half size.
 
-    F2 → F1 doubles only the height, so that unpooling uses kernel (4, 3) and stride (2, 1).
+    F2 → F1 doubles only the height, so that unpooling uses kernel (4, 3) and stride (2, 1). ``column_context``
+    as in ``GlyphAttentionNetwork``.
     """
 
     def __init__(self, feature_channels: tuple[int, int, int], num_slots: int, channels: int = 128,
-                 feature_size: int = 256):
+                 feature_size: int = 256, column_context: bool = False):
         super().__init__()
         c0, c1, c2 = feature_channels
         low_up = channels // 2
@@ -129,6 +158,7 @@ class SvtrGlyphAttentionNetwork(GlyphEncoders):
         self.up_full = upsample_bn_relu(channels, c0)
         self.seg_head = nn.Conv2d(c0, 2, 1)
         self.add_glyph_encoders(c1, c2, feature_size)
+        self.add_column_context(channels, column_context)
 
     def forward(self, levels: tuple[torch.Tensor, ...], segmentation: bool = True) -> GlyphOutput:
         """``levels`` = (F0, F1, F2) of SVTR; ``segmentation=False`` skips the full-resolution branch."""
@@ -150,10 +180,11 @@ class ViTGlyphAttentionNetwork(nn.Module):
 
     ``channels`` = the head width c (128 in the paper; the concatenated head is 2c); ``feature_size`` = the
     glyph feature and BiLSTM width (256). Layers carry the official ``segmentation`` names' roles.
+    ``column_context`` (ours; the paper: off) adds a ``ColumnContext`` to the concatenated head.
     """
 
     def __init__(self, feature_channels: tuple[int, ...], num_slots: int, channels: int = 128,
-                 feature_size: int = 256, feature_groups: int = 8):
+                 feature_size: int = 256, feature_groups: int = 8, column_context: bool = False):
         super().__init__()
         dim = feature_channels[0]
         c = channels
@@ -172,11 +203,14 @@ class ViTGlyphAttentionNetwork(nn.Module):
         self.features_low = upsample_bn_relu(dim, feature_size)
         self.sequence_mid = BiLSTM(feature_size, feature_size, feature_size)
         self.sequence_low = BiLSTM(feature_size, feature_size, feature_size)
+        self.column_context = ColumnContext(2 * c) if column_context else None
 
     def forward(self, levels: tuple[torch.Tensor, ...], segmentation: bool = True) -> GlyphOutput:
         """``levels`` = (S_0, S_1, S_2, S_3, Ẑ); ``segmentation=False`` skips the full-resolution branch."""
         s0, s1, s2, s3, final = levels
         merged = torch.cat([self.tap_heads[0](s1), self.tap_heads[1](s2)], 1)
+        if self.column_context is not None:
+            merged = self.column_context(merged)
         logits_mid = self.mid_head(merged)
         hidden_low = self.low_merge(torch.cat([self.up_mid(merged), self.up_low(self.reduce_low(s0))], 1))
         logits_low = self.low_head(hidden_low)

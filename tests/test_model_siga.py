@@ -10,6 +10,7 @@ from checkpoint import (OFFICIAL_IGNORED, atomic_save, convert_official_state_di
 from config import make_config
 from golden import official_rule_state_dict, official_shapes
 from model import GlyphAttentionRecognizer, build_model
+from modules.glyph_attention import ColumnContext
 from modules.losses import segmentation_loss, training_loss
 from tokenizer import Tokenizer
 
@@ -237,6 +238,48 @@ def test_half_resolution_segmentation_skips_the_full_resolution_branch_and_train
         build_model(make_config("tiny", model="SIGA_S", seg_resolution="half"))
     with pytest.raises(ValueError, match="seg_resolution must be one of"):
         build_model(make_config("tiny", model="SIGA_R", seg_resolution="quarter"))
+
+
+def test_column_context_carries_every_column_to_every_other():
+    """ColumnContext: the output keeps the map's shape, and a change in the first column reaches the last one
+    in every row, which a 3×3 convolution stack reaches only after many layers."""
+    torch.manual_seed(0)
+    context = ColumnContext(8)
+    x = torch.randn(2, 8, 3, 10)
+    changed = x.clone()
+    changed[..., 0] += 1.0
+    out, out_changed = context(x), context(changed)
+    assert out.shape == x.shape
+    assert (out_changed[..., -1] - out[..., -1]).abs().amin(dim=1).gt(0).all()  # every sample, every row
+
+
+@pytest.mark.parametrize("name", ["SIGA_R", "SIGA_S", "SIGA_T"])
+def test_glyph_column_context_is_an_option_after_the_official_layers_and_trains(name):
+    """--glyph_context columns (ours): the glyph network gets a ColumnContext registered after every official
+    layer (the paper's keys and order unchanged, none without the option), and the glyph loss trains it."""
+    config = make_config("tiny", model=name, glyph_context="columns")
+    tokenizer = Tokenizer.from_config(config)
+    torch.manual_seed(0)
+    model = build_model(config, tokenizer)
+    plain = build_model(make_config("tiny", model=name), tokenizer)
+    names = [key for key, _ in model.glyph.named_parameters()]
+    official = [key for key, _ in plain.glyph.named_parameters()]
+    assert names[: len(official)] == official and all(key.startswith("column_context.") for key in names[len(official):])
+    assert len(names) > len(official) and not any("column_context" in key for key in plain.state_dict())
+    images = torch.randn(2, 3, config.img_h, config.img_w)
+    masks = (torch.rand(2, 1, config.img_h, config.img_w) > 0.5).float()
+    ids, lengths = tokenizer.encode(["ab", "cde"])
+    loss = training_loss(model(images, ids[:, :-1], masks), ids[:, 1:], lengths, 0, config.siga, config.num_steps,
+                         masks=masks)
+    loss.total.backward()
+    assert model.glyph.column_context.sequence.rnn.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_glyph_context_needs_a_glyph_network_and_a_known_value():
+    with pytest.raises(ValueError, match="needs a glyph attention network"):
+        build_model(make_config("tiny", model="TRBA", glyph_context="columns"))
+    with pytest.raises(ValueError, match="glyph_context must be one of"):
+        build_model(make_config("tiny", model="SIGA_R", glyph_context="rows"))
 
 
 def test_segmentation_loss_on_a_coarser_grid_reads_the_area_downsampled_mask():

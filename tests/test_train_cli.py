@@ -180,15 +180,18 @@ def test_tps_stage_trains_the_baseline_first_then_siga_r_with_its_tps_frozen(dat
 
 def test_a_stage_handover_continues_the_stages_schedule_with_its_every_tensor(data, tmp_path):
     """--stage_handover: TRBA trains the first 3 of the run's 6 steps, SIGA_R continues at step 3 with the
-    schedule where the stage left it, the stage's tensors and its TPS frozen; resuming runs no stage again."""
+    schedule where the stage left it, the stage's tensors and its TPS frozen; resuming runs no stage again.
+    SIGA_R's own options (here --glyph_context) stay out of the stage's baseline."""
     args = [*common_args(data, tmp_path), "--model", "SIGA_R", "--mask_root", str(data / "masks"), "--tps_stage",
-            "3", "--stage_handover", "--num_iter", "6", "--valid_interval", "3", "--exp_name", "handover"]
+            "3", "--stage_handover", "--num_iter", "6", "--valid_interval", "3", "--exp_name", "handover",
+            "--glyph_context", "columns"]
     first = run_train(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     stage = load_checkpoint(tmp_path / "handover" / "tps_stage" / "last.pth")
     main = load_checkpoint(tmp_path / "handover" / "last.pth")
     assert stage["config"]["model"] == "TRBA" and stage["iteration"] == 3 and stage["config"]["num_iter"] == 6
     assert main["config"]["model"] == "SIGA_R" and main["iteration"] == 6 and main["config"]["freeze_tps"]
+    assert main["config"]["glyph_context"] == "columns" and stage["config"]["glyph_context"] == "none"
     assert "stage handover: " in first.stdout and "from iteration 3 on" in first.stdout
     assert "[3/6]" in first.stdout and "[6/6]" in first.stdout
     assert stage["scheduler"]["last_epoch"] == 3 and main["scheduler"]["last_epoch"] == 6
