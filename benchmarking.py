@@ -16,13 +16,13 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
 from checkpoint import load_model
 from config import Config, make_config
 from dataset import Batch, Collate, LmdbDataset
 from distributed import DistEnv
 from engine import Trainer
+from flops import forward_flops
 from evaluation import benchmark_normalize, evaluate
 from loaders import make_train_loader
 from model import build_model
@@ -74,31 +74,6 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int, warmup: i
     b = torch.randn(size, size, device=device).to(dtype)
     seconds = median_seconds({"matmul": lambda: a @ b}, device, warmup, repeats)["matmul"]
     return 2 * size**3 / seconds / 1e9
-
-
-def forward_flops(model: torch.nn.Module, run: Callable[[], object]) -> int:
-    """FLOPs of one call: matmuls and convolutions from ``FlopCounterMode`` plus the ``nn.LSTM`` layers
-    it does not see (fp32, no autograd: the count does not depend on dtype)."""
-    lstm_flops = []
-
-    def count_lstm(module: torch.nn.LSTM, inputs: tuple, output) -> None:
-        sequence = inputs[0]
-        batch, steps = (sequence.shape[0], sequence.shape[1]) if module.batch_first else sequence.shape[1::-1]
-        directions = 2 if module.bidirectional else 1
-        per_step = 0
-        for layer in range(module.num_layers):
-            width = module.input_size if layer == 0 else module.hidden_size * directions
-            per_step += 2 * 4 * module.hidden_size * (width + module.hidden_size) * directions
-        lstm_flops.append(per_step * batch * steps)
-
-    hooks = [m.register_forward_hook(count_lstm) for m in model.modules() if isinstance(m, torch.nn.LSTM)]
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return counter.get_total_flops() + sum(lstm_flops)
 
 
 #: the SIGA models whose glyph-free baseline trains their TPS in the two-stage recipe

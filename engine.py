@@ -27,6 +27,7 @@ from config import Config, make_config
 from dataset import Batch, SkipTally
 from distributed import DistEnv, barrier, cleanup, gather_objects, gather_rows, setup, sum_across_ranks
 from evaluation import EvalResult, evaluate, weighted_total
+from flops import FlopCount
 from lmdb_io import DataSourceError
 from loaders import curriculum_batches, make_eval_loaders, make_train_loader
 from model import build_model
@@ -189,6 +190,8 @@ class FitState:
     run_images: int = 0
     first_step: int = 0  # the iteration this process started (or resumed) at
     end: int = 0  # the iteration it stops at: Config.num_iter, or earlier for a handover's stage
+    counted_flops: int = 0  # FLOPs of this process's first step, forward and backward (flops.FlopCount)
+    counted_images: int = 0  # the images of that step
 
 
 class Trainer:
@@ -306,7 +309,12 @@ class Trainer:
                     self.scheduler.step()
                     continue
                 weight = tokens * self.env.world_size / status["tokens"] if self.env.is_distributed else 1.0
-                loss = self.step(batch, iteration, weight)
+                if state.counted_images:
+                    loss = self.step(batch, iteration, weight)
+                else:  # the first step is counted: the run reports its training compute
+                    with FlopCount(self.model, backward=True) as count:
+                        loss = self.step(batch, iteration, weight)
+                    state.counted_flops, state.counted_images = count.total, len(batch)
                 state.window_images += len(batch)
                 state.run_images += len(batch)
                 self._after_step(iteration + 1, loss, state, progress)
@@ -354,16 +362,25 @@ class Trainer:
         self.run_log.scalars(step, scalars)
         state.window_start, state.window_images = time.perf_counter(), 0
 
+    def flops_per_image(self, state: FitState) -> float:
+        """Training FLOPs per image (forward and backward) of the first step every rank counted (collective)."""
+        flops, images = sum_across_ranks([state.counted_flops, state.counted_images], self.env)
+        return flops / max(images, 1)
+
     def _log_eta(self, step: int, state: FitState) -> None:
-        """The measured speed of this run's first steps and the time its remaining steps will take at that speed
-        (validation not included)."""
+        """The measured speed of this run's first steps, the time its remaining steps will take at that speed
+        (validation not included) and the training compute of all its steps."""
         elapsed = time.perf_counter() - state.run_start
         images = sum_across_ranks([state.run_images], self.env)[0]
+        per_image = self.flops_per_image(state)
         seconds_per_step = elapsed / (step - state.first_step)
         remaining = seconds_per_step * (state.end - step)
+        planned = images / (step - state.first_step) * (state.end - state.first_step)
         self.run_log.line(f"speed over the first {step - state.first_step} steps: {images / elapsed:.1f} img/s, "
                           f"{seconds_per_step:.2f} s/step; estimated {remaining / 60:.1f} min for the remaining "
-                          f"{state.end - step} steps (validation not included)")
+                          f"{state.end - step} steps (validation not included); {per_image / 1e9:.4g} GFLOP per "
+                          f"image forward and backward, {per_image * planned / 1e12:.4g} TFLOP for the "
+                          f"{state.end - state.first_step} steps")
 
     def _scored_in(self) -> str:
         """" scored in bf16" (or fp16) when validation runs under autocast: its accuracy can differ slightly
@@ -521,17 +538,20 @@ def run(options: RunOptions, env: DistEnv) -> dict:
                         checkpoint.get("best_accuracy", -1.0) if checkpoint else -1.0, data_name, scan_skipped,
                         options.stop_iter)
     skipped = trainer.all_skipped(state)
+    compute = trainer.flops_per_image(state) * sum_across_ranks([state.run_images], env)[0] / 1e12
     if skipped.total():
         trainer.run_log.line(f"corrupt samples skipped per LMDB:\n{skipped.report()}")
     trainer.run_log.close()
     summary = {"iterations": state.end, "best_accuracy": state.best_accuracy,
                "last_accuracy": state.last_accuracy, "skipped_samples": skipped.total(),
                "skipped_per_lmdb": skipped.per_lmdb(), "best_checkpoint": str(trainer.run_dir / "best_accuracy.pth"),
-               "last_checkpoint": str(trainer.run_dir / "last.pth"), "stopped_by_signal": state.stopped_by}
+               "last_checkpoint": str(trainer.run_dir / "last.pth"), "stopped_by_signal": state.stopped_by,
+               "training_tflop": compute}
     if not state.stopped_by:
         last = state.last_accuracy if state.last_accuracy is not None else float("nan")
         log(env, f"done: validation accuracy {last:.2f}% (best {state.best_accuracy:.2f}%), {skipped.total()} "
-                 f"corrupt samples skipped; checkpoint {summary['best_checkpoint']}")
+                 f"corrupt samples skipped; training compute {compute:.4g} TFLOP; checkpoint "
+                 f"{summary['best_checkpoint']}")
     return summary
 
 

@@ -73,8 +73,7 @@ class GlyphEncoders(nn.Module):
     def add_column_context(self, channels: int, enabled: bool) -> None:
         """Register a ``ColumnContext`` over the mid stage's ``channels`` when ``enabled`` (after every official
         layer, so an official checkpoint's parameter order is unchanged)."""
-        if enabled:
-            self.column_context = ColumnContext(channels)
+        self.column_context = ColumnContext(channels) if enabled else None
 
     def glyph_logits(self, f1: torch.Tensor, f2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The U-Net decoder's mid and low stages (SPEC §3.5 steps 1–2), which every variant names alike:

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import benchmarking
-from benchmarking import compare, forward_flops, precisions, siga_overrides
+from benchmarking import compare, precisions, siga_overrides
 from conftest import make_word_lmdb, run_entry_point, write_tiny_checkpoint
 from dataset import Collate, LmdbDataset
 from evaluation import benchmark_normalize
@@ -74,15 +74,6 @@ def test_bench_says_in_one_line_why_it_skips_the_onnxruntime_row(tmp_path, monke
     report = json.loads(out.read_text())
     assert report["onnxruntime"] == {"skipped": expected.removeprefix("onnxruntime row skipped: ")}
     assert report["results"][0]["onnxruntime_images_per_second"] is None
-
-
-def test_forward_flops_counts_convolutions_linears_and_lstms():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(2))
-    conv = forward_flops(model, lambda: model(torch.randn(2, 3, 4, 5)))
-    assert conv == 2 * (2 * 4 * 5) * 8 * 3 * 9  # multiply-adds of every output pixel
-    lstm = torch.nn.LSTM(16, 8, bidirectional=True, batch_first=True)
-    flops = forward_flops(lstm, lambda: lstm(torch.randn(3, 5, 16)))
-    assert flops == 2 * 3 * 5 * 2 * 4 * 8 * (16 + 8)  # 2·B·T·directions·4H(I+H)
 
 
 def test_siga_r_is_timed_as_its_preset_trains_it():

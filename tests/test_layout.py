@@ -16,7 +16,7 @@ ENTRY_POINTS = ("train", "test", "demo", "bench", "hubconf")
 #: every module of the repository and its layer; a module may import modules of its own layer or below
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("modules.*",),  # building blocks: layers, losses, augmentation, the K-means rule
-    1: ("config", "tokenizer", "utils", "lmdb_io", "distributed", "synth.*"),  # synth: the data engine
+    1: ("config", "tokenizer", "utils", "lmdb_io", "distributed", "flops", "synth.*"),  # synth: the data engine
     2: ("dataset", "samplers", "model", "optimization"),
     3: ("checkpoint", "evaluation", "loaders"),
     4: ("inference", "benchmarks", "engine", "char_attention", "onnx_export"),

@@ -1,6 +1,7 @@
 """End-to-end runs of train.py: a few steps, resume, finetune, corrupt data and bad paths."""
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import sys
@@ -11,6 +12,10 @@ import torch
 from PIL import Image
 
 from checkpoint import load_checkpoint
+from config import make_config
+from flops import forward_flops
+from model import build_model
+from tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,16 +85,28 @@ def test_train_then_resume_then_finetune(data, tmp_path):
     assert tuned["iteration"] == 3 and tuned["scheduler"]["last_epoch"] == 3
 
 
-def test_the_run_tells_its_speed_and_time_to_the_end_after_its_first_steps(data, tmp_path, monkeypatch):
+def test_the_run_tells_its_speed_time_to_the_end_and_compute(data, tmp_path, monkeypatch, capsys):
     import engine
 
     monkeypatch.setattr(engine, "ETA_AFTER_STEPS", 3)
     options = engine.RunOptions(str(data / "train"), str(data / "val"), preset="tiny", saved_dir=str(tmp_path),
                                 exp_name="eta", overrides={"num_iter": 5, "valid_interval": 5})
-    engine.train(options)
+    summary = engine.train(options)
     log = (tmp_path / "eta" / "log.txt").read_text()
     assert "speed over the first 3 steps: " in log and " img/s, " in log and " s/step; estimated " in log
     assert " min for the remaining 2 steps (validation not included)" in log
+    # the training compute: the first step counted forward and backward, about 3× the forward alone
+    per_image = float(re.search(r"; ([0-9.]+) GFLOP per image forward and backward, ([0-9.]+) TFLOP for the 5 "
+                                r"steps", log).group(1)) * 1e9
+    config = make_config("tiny")
+    tokenizer = Tokenizer.from_config(config)
+    model = build_model(config, tokenizer).eval()
+    ids, _ = tokenizer.encode(["abcde"] * 2)
+    forward = forward_flops(model, lambda: model(torch.randn(2, 3, config.img_h, config.img_w), ids[:, :-1])) / 2
+    assert 2.0 < per_image / forward < 4.0
+    images = summary["training_tflop"] * 1e12 / per_image
+    assert images == pytest.approx(5 * config.batch_size, rel=1e-3)
+    assert f"training compute {summary['training_tflop']:.4g} TFLOP" in capsys.readouterr().out
 
 
 def test_bad_paths_are_clear_errors(tmp_path):

@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from benchmarking import forward_flops, synthetic_batch
+from benchmarking import synthetic_batch
+from flops import forward_flops
 from config import SEG_RESOLUTIONS, make_config
 from dataset import Batch
 from distributed import DistEnv
