@@ -206,13 +206,14 @@ VIT_PRESETS: dict[str, dict[str, Any]] = {
                  optimizer="adam", schedule="one_cycle", beta2=0.999),
     "tiny": dict(vit_dim=32, vit_depth=4, vit_heads=2, vit_taps=(1, 2, 3, 4), vit_tail_channels=32),
 }
-#: SIGA_R in the CPU presets: two stages in one run (TRBA first, whose TPS SIGA_R then reads frozen) and the
-#: segmentation branch at half resolution (docs/training_cost.md). The demo hands over at the switch to varied
+#: SIGA_R in the CPU presets: two stages in one run (TRBA first, whose TPS SIGA_R then reads frozen), the
+#: segmentation branch at half resolution (docs/training_cost.md) and the glyph network's column context, without
+#: which its maps do not localise characters at these budgets. The demo hands over at the switch to varied
 #: crops: TRBA trains the demo schedule's 2 400 plain-crop steps, SIGA_R the remaining 1 100 from all of its
 #: tensors (docs/siga_r_demo.md)
 SIGA_R_PRESETS: dict[str, dict[str, Any]] = {
-    "demo": dict(seg_resolution="half", tps_stage_iters=2400, stage_handover=True),
-    "cpu": dict(seg_resolution="half", tps_stage_iters=3000),
+    "demo": dict(seg_resolution="half", tps_stage_iters=2400, stage_handover=True, glyph_context="columns"),
+    "cpu": dict(seg_resolution="half", tps_stage_iters=3000, glyph_context="columns"),
 }
 MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     **{(model, preset): values for model in ("TSBA", "SIGA_S") for preset, values in SVTR_PRESETS.items()},

@@ -42,12 +42,14 @@ def test_checkpoints_with_flat_loss_constants_keep_them():
 
 
 def test_siga_r_cpu_presets_train_two_stages_at_half_segmentation_resolution():
-    """In the CPU presets SIGA_R trains a TRBA stage first, at TRBA's widths; the paper preset is untouched."""
+    """In the CPU presets SIGA_R trains a TRBA stage first, at TRBA's widths, with the glyph column context; the
+    paper preset is untouched."""
     demo, cpu, paper = (make_config(preset, model="SIGA_R") for preset in ("demo", "cpu", "paper"))
     assert demo.tps_stage_iters > 0 and cpu.tps_stage_iters > 0 and paper.tps_stage_iters == 0
     assert demo.seg_resolution == cpu.seg_resolution == "half" and paper.seg_resolution == "full"
     assert demo.stage_handover and demo.tps_stage_iters == demo.curriculum_iters  # SIGA_R takes the varied crops
     assert not cpu.stage_handover and not paper.stage_handover
+    assert demo.glyph_context == cpu.glyph_context == "columns" and paper.glyph_context == "none"
     assert demo.backbone_channels == make_config("demo").backbone_channels
     assert make_config("demo", model="TRBA") == make_config("demo")  # TRBA's demo is unchanged
 
