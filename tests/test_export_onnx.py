@@ -38,10 +38,11 @@ EOS_BOOST = {"TRBA": 1.0, "SIGA_R": 3.0, "TSBA": 1.0, "SIGA_S": 3.0, "VITBA": 0.
 MAX_LOGIT_DIFFERENCE = 1e-3
 
 
-def sharpened_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, Tokenizer, Config]:
-    """A tiny random ``name`` in eval mode whose final generator is ×10 with EOS_BOOST on its EOS bias."""
+def sharpened_model(name: str, seed: int = 0, **overrides) -> tuple[torch.nn.Module, Tokenizer, Config]:
+    """A tiny random ``name`` (with config ``overrides``) in eval mode whose final generator is ×10 with EOS_BOOST on
+    its EOS bias."""
     torch.manual_seed(seed)
-    config = make_config("tiny", model=name)
+    config = make_config("tiny", model=name, **overrides)
     tokenizer = Tokenizer.from_config(config)
     model = build_model(config, tokenizer).eval()
     generator = model.decoder.generator if hasattr(model, "decoder") else model.siga.final_decoder.generator
@@ -150,9 +151,11 @@ def test_cli_names_a_missing_lmdb_and_checkpoint(tmp_path, capsys):
     assert exit_.value.code == 2 and f"{tmp_path / 'none.pth'}: checkpoint not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["TSBA", "SIGA_S", "VITBA", "SIGA_T"])
-def test_every_other_model_exports_and_matches_pytorch(tmp_path, name):
-    model, tokenizer, config = sharpened_model(name)
+@pytest.mark.parametrize("name, overrides", [("TSBA", {}), ("SIGA_S", {}), ("VITBA", {}), ("SIGA_T", {}),
+                                             ("SIGA_R", {"glyph_context": "columns"})])
+def test_every_other_model_exports_and_matches_pytorch(tmp_path, name, overrides):
+    """The other models, and SIGA_R with the glyph column context of its CPU presets."""
+    model, tokenizer, config = sharpened_model(name, **overrides)
     path = export_onnx(model, tokenizer, config, tmp_path / f"{name}.onnx")
     session = cpu_session(path, 1)
     characters = json.loads(session.get_modelmeta().custom_metadata_map["characters"])
